@@ -7,8 +7,7 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
-lic = licenses[cfg['license']]
+licenses = {'apache2': 'Apache-2.0'}
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 
@@ -20,11 +19,11 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     author=cfg['author'],
     author_email=cfg['author_email'],
-    license=lic[0],
+    license=licenses[cfg['license']],
     url=cfg['git_url'],
     keywords=cfg['keywords'].split(),
     classifiers=['Development Status :: 3 - Alpha', f"Intended Audience :: {cfg['audience']}",
-                 f'License :: {lic[1]}', 'Natural Language :: English',
+                 'Natural Language :: English',
                  'Programming Language :: Python :: 3', 'Topic :: Multimedia :: Sound/Audio :: Analysis'],
     packages=setuptools.find_packages(include=['mmvae', 'mmvae.*']),
     include_package_data=True,
