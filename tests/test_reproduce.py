@@ -1,0 +1,76 @@
+"""`mmvae reproduce` end to end on a tiny demo profile, a failing notebook, and the docs preview in Chromium."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmvae.analysis import NOTEBOOKS, ReproduceError, notebooks_dir, reproduce
+
+TOP = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    "A whole reproduction with the tiny profile, through the console script."
+    out = tmp_path_factory.mktemp('run')
+    mmvae = Path(sys.executable).parent/'mmvae'
+    r = subprocess.run([str(mmvae), 'reproduce', '--profile', 'tiny', '--out', str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_cli_runs_every_notebook(tiny_run):
+    out, stdout = tiny_run
+    assert sorted(p.stem for p in (out/'notebooks').glob('*.ipynb')) == list(NOTEBOOKS)
+    summary = pd.read_csv(out/'results'/'summary.csv')
+    assert {'task', 'representation', 'clusterer', 'nmi_mean', 'nmi_std'} <= set(summary.columns)
+    assert set(summary['task']) == {'easy', 'medium', 'hard'}
+    assert 'Results (mean over seeds)' in stdout and 'Dataset' in stdout
+    params = json.loads((out/'profile.json').read_text())
+    assert params['profile'] == 'tiny' and params['seeds'] == [0]
+
+
+def test_failing_notebook_stops_the_run(tmp_path):
+    nbs = tmp_path/'nbs'
+    nbs.mkdir()
+    for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
+    nb = json.loads((nbs/'01_features.ipynb').read_text())
+    nb['cells'].insert(2, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
+                           'source': 'raise RuntimeError("feature extraction exploded")'})
+    (nbs/'01_features.ipynb').write_text(json.dumps(nb))
+    with pytest.raises(ReproduceError, match='notebook 01_features failed: RuntimeError: feature extraction exploded'):
+        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['00', '01', '02'])
+    assert not (tmp_path/'run'/'notebooks'/'02_easy_vae_pca.ipynb').exists()  # stopped at the failure
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')
+def test_docs_preview_in_browser(tiny_run, tmp_path):
+    "Every preview page loads, every plotly figure draws, and the browser logs no error."
+    from playwright.sync_api import sync_playwright
+    out, _ = tiny_run
+    site = tmp_path/'site'
+    r = subprocess.run([sys.executable, str(TOP/'tools'/'preview_docs.py'), str(out/'notebooks'), '--out', str(site)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pages = sorted(site.glob('*.html'))
+    assert {p.stem for p in pages} >= {'index', 'home', *NOTEBOOKS}
+    flags = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+             '--disable-sync', '--no-first-run']
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        for page_file in pages:
+            page, errors = browser.new_page(), []
+            page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+            page.on('pageerror', lambda e: errors.append(str(e)))
+            page.goto(page_file.as_uri(), wait_until='load')
+            page.wait_for_timeout(300)
+            assert page.title() or page_file.stem == 'home'
+            divs = page.locator('.plotly-graph-div').count()
+            drawn = page.locator('.plotly-graph-div:has(.main-svg)').count()
+            assert drawn == divs, f'{page_file.name}: {divs - drawn} of {divs} plotly figures did not draw'
+            assert not errors, f'{page_file.name}: console errors {errors[:3]}'
+            page.close()
+        browser.close()
+    assert any(page_file.read_text().count('plotly-graph-div') for page_file in pages)  # figures were there to check
