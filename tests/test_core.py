@@ -10,8 +10,11 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvae.core import (MLPVAE, ModelOutput, VAEEmbedder, embed, gaussian_kl, mlp, reparameterize, seed_everything,
-                        train_model)
+from mmvae.core import (MLPVAE, ModelOutput, VAEEmbedder, cluster, dbscan_eps, embed, evaluate, gaussian_kl,
+                        hungarian_accuracy, limit_threads, linear_probe, majority_rate, mlp, purity, reparameterize,
+                        seed_everything, summarize_runs, train_model)
+
+limit_threads(1)
 
 
 @pytest.fixture(scope='module')
@@ -121,3 +124,127 @@ def test_embedder_errors(X):
     with pytest.raises(ValueError, match='not fitted'): VAEEmbedder().transform(X)
     e = VAEEmbedder(latent_dim=2, hidden=(8,), epochs=1).fit(X)
     with pytest.raises(ValueError, match='expected 15 features'): e.transform(X[:, :4])
+
+
+# --- clustering and metrics ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def blobs():
+    rng = np.random.default_rng(1)
+    Z = np.concatenate([rng.normal(c, 0.3, size=(30, 3)) for c in ((0, 0, 0), (6, 0, 0), (0, 6, 0), (0, 0, 6))])
+    return Z, np.repeat([1, 2, 3, 4], 30)
+
+
+def test_hungarian_accuracy_permuted_and_hand_computed():
+    y = np.array([1, 1, 2, 2, 3, 3, 3])
+    assert hungarian_accuracy(y, np.array([2, 2, 0, 0, 1, 1, 1])) == 1.0  # a permutation of the true labels
+    # contingency (cluster x class): c0 = {1: 2, 2: 1}, c1 = {2: 1, 3: 3}; best: c0 -> 1, c1 -> 3: 5 of 7
+    assert hungarian_accuracy(y, np.array([0, 0, 0, 1, 1, 1, 1])) == pytest.approx(5 / 7)
+    # more clusters than classes: the unmatched one counts as wrong
+    assert hungarian_accuracy([1, 1, 2, 2], [0, 1, 2, 3]) == pytest.approx(2 / 4)
+    # one cluster: the majority rate
+    assert hungarian_accuracy(y, np.zeros(7)) == pytest.approx(3 / 7) == majority_rate(y)
+    # noise never counts
+    assert hungarian_accuracy([1, 1, 2, 2], [5, 5, 6, -1]) == pytest.approx(3 / 4)
+
+
+def test_purity_hand_computed():
+    y = [1, 1, 2, 2, 1, 1]
+    assert purity(y, ['a', 'a', 'b', 'b', 'c', 'c']) == 1.0  # two clusters may vote for the same class
+    assert hungarian_accuracy(y, ['a', 'a', 'b', 'b', 'c', 'c']) == pytest.approx(4 / 6)  # ... matching may not
+    assert purity([1, 2, 2, 3, 3, 3], [0, 0, 0, 1, 1, 1]) == pytest.approx((2 + 3) / 6)
+    assert purity([1, 2, 3, 4], [0, 1, 2, 3]) == 1.0  # singletons are pure
+    assert purity([1, 1, 2, 2], [0, 0, -1, -1]) == 0.5
+    assert np.isnan(purity([1, 2], [-1, -1]))
+
+
+def test_majority_rate():
+    assert majority_rate([3, 3, 1, 2, 3]) == pytest.approx(0.6)
+    assert majority_rate(['x']) == 1.0
+
+
+def test_evaluate_hand_computed_external_metrics():
+    y = np.array([1, 1, 2, 2])
+    Z = np.array([[0., 0], [0, 1], [5, 0], [5, 1]])
+    r = evaluate(Z, np.array([1, 1, 0, 0]), y)
+    for m in ('ari', 'nmi', 'acc', 'purity'): assert r[m] == pytest.approx(1.0)
+    assert r['majority'] == 0.5 and r['n_clusters'] == 2 and r['noise_frac'] == 0 and r['note'] == ''
+    # silhouette by hand: a = 1, b = mean(5, sqrt(26)) for every point
+    b = (5 + np.sqrt(26)) / 2
+    assert r['silhouette'] == pytest.approx((b - 1) / b)
+    # the worst split of 2 x 2: ARI = -0.5, NMI = 0
+    r2 = evaluate(Z, np.array([0, 1, 0, 1]), y)
+    assert r2['ari'] == pytest.approx(-0.5) and r2['nmi'] == pytest.approx(0, abs=1e-12)
+    assert r2['acc'] == pytest.approx(0.5) and r2['purity'] == pytest.approx(0.5)
+
+
+def test_evaluate_single_cluster_is_nan_with_reason(blobs):
+    Z, y = blobs
+    r = evaluate(Z, np.zeros(len(Z), int), y)
+    for m in ('silhouette', 'calinski_harabasz', 'davies_bouldin'): assert np.isnan(r[m])
+    assert 'one cluster' in r['note'] and 'undefined' in r['note']
+    assert r['acc'] == pytest.approx(r['majority']) and r['n_clusters'] == 1
+
+
+def test_evaluate_all_noise_is_nan_with_reason(blobs):
+    Z, y = blobs
+    r = evaluate(Z, -np.ones(len(Z), int), y)
+    for m in ('silhouette', 'calinski_harabasz', 'davies_bouldin', 'ari', 'nmi', 'purity', 'acc'): assert np.isnan(r[m])
+    assert 'noise' in r['note'] and r['noise_frac'] == 1.0 and r['n_clusters'] == 0
+
+
+def test_evaluate_dbscan_internal_metrics_on_non_noise(blobs):
+    Z, y = blobs
+    labels = np.repeat([0, 1, 2, 3], 30); labels[:3] = -1
+    r = evaluate(Z, labels, y)
+    from sklearn.metrics import silhouette_score
+    assert r['silhouette'] == pytest.approx(silhouette_score(Z[3:], labels[3:]))
+    assert r['acc'] == pytest.approx(117 / 120) and 'non-noise' in r['note'] and r['noise_frac'] == pytest.approx(3 / 120)
+
+
+@pytest.mark.parametrize('method', ['kmeans', 'agglomerative', 'gmm', 'dbscan'])
+def test_cluster_recovers_blobs(blobs, method):
+    Z, y = blobs
+    labels, info = cluster(Z, method, k=4, random_state=0)
+    assert info['n_clusters'] == 4 and info['method'] == method
+    if method == 'dbscan':  # the knee eps leaves the Gaussian tails as noise, and noise counts as wrong
+        assert info['eps'] > 0 and 0 < info['noise_frac'] < 0.15
+        assert hungarian_accuracy(y, labels) == pytest.approx(1 - info['noise_frac'])
+    else: assert hungarian_accuracy(y, labels) > 0.95
+
+
+def test_cluster_is_deterministic(blobs):
+    Z, y = blobs
+    Z = Z + np.random.default_rng(0).normal(scale=3, size=Z.shape)  # overlapping, so seeds matter
+    for m in ('kmeans', 'gmm'):
+        a, b = cluster(Z, m, k=4, random_state=3)[0], cluster(Z, m, k=4, random_state=3)[0]
+        np.testing.assert_array_equal(a, b)
+        assert evaluate(Z, a, y) == evaluate(Z, b, y)
+
+
+def test_cluster_unknown_method(blobs):
+    with pytest.raises(ValueError, match='unknown clustering method'): cluster(blobs[0], 'spectral')
+
+
+def test_dbscan_eps_at_the_knee():
+    # 50 points on a unit-spaced line plus 5 far outliers: k-distance is 1 inside, large for the outliers
+    Z = np.concatenate([np.arange(50.)[:, None], 1000 + 100 * np.arange(5.)[:, None]])
+    eps = dbscan_eps(Z, min_samples=2)
+    assert eps == pytest.approx(1.0)
+
+
+def test_summarize_runs():
+    df = pd.DataFrame(dict(rep=['a', 'a', 'b'], seed=[0, 1, 0], acc=[0.5, 0.7, 0.2], note=['', 'one cluster: undefined', '']))
+    s = summarize_runs(df, 'rep', ['acc'])
+    assert list(s.columns) == ['rep', 'acc_mean', 'acc_std', 'n_runs', 'n_undefined']
+    assert s.acc_mean.tolist() == pytest.approx([0.6, 0.2])
+    assert s.acc_std[0] == pytest.approx(np.std([0.5, 0.7], ddof=1)) and np.isnan(s.acc_std[1])
+    assert s.n_runs.tolist() == [2, 1] and s.n_undefined.tolist() == [1, 0]
+
+
+def test_linear_probe(blobs):
+    Z, y = blobs
+    assert linear_probe(Z, y) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(size=Z.shape)
+    assert linear_probe(noise, y) < 0.5
+    assert linear_probe(noise, y, seed=1) == linear_probe(noise, y, seed=1)
