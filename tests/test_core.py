@@ -10,9 +10,10 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvae.core import (MLPVAE, ModelOutput, VAEEmbedder, cluster, dbscan_eps, embed, evaluate, gaussian_kl,
-                        hungarian_accuracy, limit_threads, linear_probe, majority_rate, mlp, purity, reparameterize,
-                        seed_everything, summarize_runs, train_model)
+from mmvae.core import (CLUSTERERS, MLPVAE, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
+                        embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
+                        majority_rate, metric_bars, mlp, purity, reparameterize, save_figure, save_run_outputs,
+                        seed_everything, setup_plotly, summarize_runs, train_model, training_curves)
 
 limit_threads(1)
 
@@ -248,3 +249,54 @@ def test_linear_probe(blobs):
     noise = np.random.default_rng(0).normal(size=Z.shape)
     assert linear_probe(noise, y) < 0.5
     assert linear_probe(noise, y, seed=1) == linear_probe(noise, y, seed=1)
+
+
+def test_same_seed_same_metrics(X):
+    "The whole chain standardise → VAE → K-Means → metrics repeats exactly with the same seed."
+    y = np.repeat([1, 2, 3], 40)
+    def run(seed):
+        Z = make_pipeline(StandardScaler(), VAEEmbedder(latent_dim=3, hidden=(16,), epochs=6, random_state=seed)).fit_transform(X)
+        return evaluate(Z, cluster(Z, 'kmeans', k=3, random_state=seed)[0], y)
+    assert run(5) == run(5)
+
+
+def test_cluster_runs_and_saved_outputs(blobs, tmp_path):
+    Z, y = blobs
+    ids = [f'{i:03d}' for i in range(len(Z))]
+    rows, lab = cluster_runs(Z, y, ids, seed=1, k=4, task='t', representation='r')
+    assert [r['clusterer'] for r in rows] == list(CLUSTERERS)
+    assert list(rows[0])[:5] == ['task', 'representation', 'clusterer', 'seed', 'dim']
+    assert len(lab) == len(CLUSTERERS) * len(Z) and set(lab.columns) == {'id', 'representation', 'clusterer', 'seed', 'label'}
+    files = save_run_outputs(tmp_path, lab, {'r': (ids, Z)})
+    z = np.load(files[1], allow_pickle=False)
+    assert z['ids'].tolist() == ids and z['z'].dtype == np.float32
+    back = pd.read_csv(files[0], dtype={'id': str})
+    assert back['id'].iloc[0] == '000' and len(back) == len(lab)
+
+
+# --- figures ---------------------------------------------------------------------------------------------------------
+
+def test_figures(blobs, tmp_path):
+    setup_plotly()
+    Z, y = blobs
+    labels = cluster(Z, 'dbscan')[0]
+    fig = latent_map(Z, {'mood': y, 'DBSCAN': labels}, method='pca', hover=[str(i) for i in range(len(Z))])
+    names = [t.name for t in fig.data]
+    assert names[:4] == ['mood 1', 'mood 2', 'mood 3', 'mood 4'] and ('noise' in names) == bool((labels == -1).any())
+    assert sum(len(t.x) for t in fig.data) == 2 * len(Z)
+    h = train_model(MLPVAE(3, 2, (8,)), {'x': Z.astype(np.float32)}, epochs=3, progress=False)
+    fig = training_curves({'a': h, 'b': h})
+    assert [a.text for a in fig.layout.annotations] == ['loss', 'recon', 'kl']
+    runs = pd.DataFrame([dict(rep=r, seed=s, **evaluate(Z, cluster(Z, 'kmeans', k=4, random_state=s)[0], y))
+                         for r in ('x', 'y') for s in (0, 1)])
+    fig = metric_bars(summarize_runs(runs, 'rep'), 'acc', 'rep')
+    assert list(fig.data[0].x) == ['x', 'y']
+    # confusion: a permuted perfect clustering is diagonal once columns follow the Hungarian match
+    fig = confusion(y, (y % 4) + 10)
+    M = np.asarray(fig.data[0].z)
+    assert (M == np.diag(np.diag(M))).all() and M.trace() == len(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        files = save_figure(fig, tmp_path/'figs'/'confusion')
+    assert files[0].suffix == '.html' and files[0].stat().st_size > 0 and (tmp_path/'figs'/'plotly.min.js').is_file()
+    assert all(f.is_file() for f in files)
