@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvae.core import (CLUSTERERS, MLPVAE, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
+from mmvae.core import (CLUSTERERS, MLPVAE, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
                         embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
                         majority_rate, metric_bars, mlp, purity, reparameterize, save_figure, save_run_outputs,
                         seed_everything, setup_plotly, summarize_runs, train_model, training_curves)
@@ -157,6 +157,14 @@ def test_purity_hand_computed():
     assert purity([1, 2, 3, 4], [0, 1, 2, 3]) == 1.0  # singletons are pure
     assert purity([1, 1, 2, 2], [0, 0, -1, -1]) == 0.5
     assert np.isnan(purity([1, 2], [-1, -1]))
+
+
+def test_align_labels():
+    y = [1, 1, 2, 2, 3, 3]
+    np.testing.assert_array_equal(align_labels(y, [9, 9, 4, 4, -1, 4]), [1, 1, 2, 2, -1, 2])
+    np.testing.assert_array_equal(align_labels(y, [0, 1, 2, 3, 4, 4]), [1, 4, 2, 5, 3, 3])
+    p = np.array([2, 2, 0, 0, 1, 1])
+    assert evaluate(np.arange(12.).reshape(6, 2), align_labels(y, p), y) == evaluate(np.arange(12.).reshape(6, 2), p, y)
 
 
 def test_majority_rate():
