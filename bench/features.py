@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Benchmark of audio feature extraction (not a test: timings depend on the machine and its load).
+
+On the same clips, in one run:
+  (a) seed-style pipeline: `librosa.load`, then separate mfcc / melspectrogram / chroma_stft / spectral_contrast /
+      spectral_centroid / rms / beat_track calls (each recomputes its own STFT), one process;
+  (b) mmvae: the audio part of `build_features`, all cores, cold cache in a temporary folder
+      (and, for a same-core comparison, the same with one process);
+  (c) the floor: decode (the same decoder and resampler as mmvae) plus one STFT per clip, one process;
+then a warm rerun of (b) (everything from the store) and a peak-memory run of (b) over `--memory-n` manifest rows.
+
+Peak memory is the largest resident set of the whole process tree (this process plus its worker processes, summed),
+sampled every 20 ms with psutil while the run lasts; `getrusage` maxima (self, and children once the workers exit)
+are printed alongside.
+
+Usage, from the repository root:  .venv/bin/python bench/features.py [--data DIR] [--n N] [--jobs J] [--memory-n 903]
+"""
+import argparse, os, resource, shutil, sys, tempfile, threading, time, warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmvae.data import load_manifest, make_demo_dataset
+from mmvae.features import FeatureConfig, build_features, extract_audio, magnitude_stft, _decode, _cores
+
+
+def seed_pipeline(path, sr=22050, duration=30.0):
+    "The per-feature librosa calls of a typical first script: every call computes its own spectrogram."
+    import librosa
+    y, sr = librosa.load(path, sr=sr, duration=duration, res_type='soxr_hq')
+    mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20)
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_mels=128))
+    chroma = librosa.feature.chroma_stft(y=y, sr=sr)
+    contrast = librosa.feature.spectral_contrast(y=y, sr=sr)
+    centroid = librosa.feature.spectral_centroid(y=y, sr=sr)
+    rms = librosa.feature.rms(y=y)
+    tempo, _ = librosa.beat.beat_track(y=y, sr=sr)
+    return np.concatenate([mfcc.mean(1), mfcc.std(1), mel.mean(1), chroma.mean(1), contrast.mean(1), centroid.mean(1),
+                           rms.mean(1), np.atleast_1d(tempo)])
+
+
+def floor(path, config):
+    "Decode plus one STFT: the least any extractor of spectral features has to do."
+    y, _ = _decode(path, config.sr, config.duration, config.offset)
+    return magnitude_stft(y, config.n_fft, config.hop_length)
+
+
+class PeakRSS:
+    "Context manager sampling the summed RSS of this process and all its descendants; `.peak` in bytes."
+    def __init__(self, every=0.02): self.every, self.peak = every, 0
+
+    def _sample(self):
+        import psutil
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me] + me.children(recursive=True):
+                try: total += p.memory_info().rss
+                except psutil.Error: pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._sample, daemon=True); self._t.start()
+        return self
+
+    def __exit__(self, *exc): self._stop.set(); self._t.join()
+
+
+def timed(f, *args, **kwargs):
+    t = time.perf_counter(); out = f(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--data', default='../shared/mirex-dev/dataset', help='dataset folder; a generated demo when it does not exist')
+    ap.add_argument('--n', type=int, default=None, help='clips to time (default: every clip with audio; demo: 40)')
+    ap.add_argument('--jobs', type=int, default=None, help='worker processes for mmvae (default: all cores)')
+    ap.add_argument('--memory-n', type=int, default=903, help='manifest rows of the peak-memory run (clips reused cyclically); 0 skips it')
+    ap.add_argument('--no-serial', action='store_true', help='skip the one-process mmvae timing')
+    args = ap.parse_args(argv)
+    warnings.simplefilter('ignore')
+    jobs = args.jobs or _cores()
+    tmp = Path(tempfile.mkdtemp(prefix='mmvae-bench-'))
+    try:
+        data = Path(args.data)
+        if data.is_dir():
+            manifest = load_manifest(data)
+        else:
+            print(f"{data} not found: timing a generated demo dataset (30-s clips)")
+            manifest = load_manifest(make_demo_dataset(tmp/'demo', n_songs=args.n or 40, seconds=30.0, seed=0))
+        clips = manifest[manifest['audio_path'].notna()].reset_index(drop=True)
+        if args.n: clips = clips.iloc[np.linspace(0, len(clips) - 1, min(args.n, len(clips))).astype(int)].reset_index(drop=True)
+        n, cfg, paths = len(clips), FeatureConfig(), clips['audio_path'].tolist()
+        audio_only = dict(config=cfg, progress=False, modalities=('audio',))
+        print(f"{n} clips from {data if data.is_dir() else 'the demo'}; {jobs} worker process(es) for mmvae; "
+              f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
+
+        # warm-up: librosa's numba code and lazy imports here, and the worker pool with its imports
+        seed_pipeline(paths[0]); extract_audio(paths[0], cfg); floor(paths[0], cfg)
+        build_features(clips.head(2 * jobs), cache_dir=tmp/'warmup', n_jobs=jobs, **audio_only)
+
+        rows = []
+        _, t_floor = timed(lambda: [floor(p, cfg) for p in paths])
+        rows.append(('(c) floor: decode + 1 STFT', 1, t_floor))
+        _, t_seed = timed(lambda: [seed_pipeline(p) for p in paths])
+        rows.append(('(a) seed-style librosa pipeline', 1, t_seed))
+        with PeakRSS() as mem_b:
+            fs, t_mm = timed(build_features, clips, cache_dir=tmp/'cold', n_jobs=jobs, **audio_only)
+        assert fs.mask['audio'].all(), fs.skipped
+        rows.append(('(b) mmvae build_features, cold cache', jobs, t_mm))
+        if not args.no_serial:
+            _, t_mm1 = timed(build_features, clips, cache_dir=tmp/'cold1', n_jobs=1, **audio_only)
+            rows.append(('(b1) mmvae build_features, cold, 1 process', 1, t_mm1))
+        warm, t_warm = timed(build_features, clips, cache_dir=tmp/'cold', n_jobs=jobs, **audio_only)
+        np.testing.assert_array_equal(warm.audio, fs.audio)
+        rows.append(('(w) mmvae warm rerun (store hit)', jobs, t_warm))
+
+        table = pd.DataFrame(rows, columns=['pipeline', 'processes', 'seconds'])
+        table['clips/s'] = n / table['seconds']
+        table['ms/clip (wall)'] = 1000 * table['seconds'] / n
+        print(table.to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
+        print(f"\nspeed-up of (b) over (a):            {t_seed / t_mm:5.1f}x   (goal >= 4x on 2 cores)")
+        if not args.no_serial:
+            print(f"speed-up of (b1) over (a), 1 process: {t_seed / t_mm1:5.1f}x")
+            print(f"(b1) per clip / floor per clip:       {t_mm1 / t_floor:5.2f}x   (same single process: the cost of all features over decode + STFT)")
+        print(f"(b) wall per clip / floor per clip:   {t_mm / t_floor:5.2f}x   (goal <= 1.5x; (b) on {jobs} process(es), floor on 1)")
+        print(f"warm rerun: {t_warm:.2f} s for {n} clips ({1000 * t_warm / n:.1f} ms/clip: hashing the files and loading the store)")
+        print(f"peak RSS during (b), process tree: {mem_b.peak / 2**20:,.0f} MiB")
+
+        if args.memory_n:
+            big = pd.concat([clips] * (-(-args.memory_n // n)), ignore_index=True).head(args.memory_n).copy()
+            big['id'] = [f'{i:03d}' for i in range(1, len(big) + 1)]
+            with PeakRSS() as mem:
+                fsb, t_big = timed(build_features, big, cache_dir=tmp/'memory', n_jobs=jobs, **audio_only)
+            nbytes = sum(getattr(fsb, k).nbytes for k in ('audio', 'mel', 'lyrics_lsa', 'lyrics_emb', 'midi'))
+            print(f"\npeak-memory run: {len(big)} rows ({n} distinct clips reused; each row extracted anew), "
+                  f"{t_big:.1f} s, {len(big) / t_big:.2f} clips/s")
+            print(f"  peak RSS, process tree (sampled): {mem.peak / 2**20:,.0f} MiB   (goal < 2 GB); FeatureSet arrays {nbytes / 2**20:.1f} MiB")
+        from joblib.externals.loky import get_reusable_executor
+        get_reusable_executor().shutdown(wait=True)  # workers exit: their maxima reach RUSAGE_CHILDREN
+        kb = lambda who: resource.getrusage(who).ru_maxrss / 1024
+        print(f"  getrusage max RSS: this process {kb(resource.RUSAGE_SELF):,.0f} MiB, largest child {kb(resource.RUSAGE_CHILDREN):,.0f} MiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
