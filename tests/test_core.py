@@ -242,6 +242,14 @@ def test_dbscan_eps_at_the_knee():
     assert eps == pytest.approx(1.0)
 
 
+def test_dbscan_min_samples_rule():
+    rng = np.random.default_rng(0)
+    assert cluster(rng.normal(size=(200, 3)), 'dbscan')[1]['min_samples'] == 6  # 2 * d
+    assert cluster(rng.normal(size=(200, 1)), 'dbscan')[1]['min_samples'] == 4  # at least 4
+    info = cluster(rng.normal(size=(60, 50)), 'dbscan')[1]
+    assert info['min_samples'] == 6 and info['noise_frac'] < 1  # at most n / 10, not 100 > n
+
+
 def test_summarize_runs():
     df = pd.DataFrame(dict(rep=['a', 'a', 'b'], seed=[0, 1, 0], acc=[0.5, 0.7, 0.2], note=['', 'one cluster: undefined', '']))
     s = summarize_runs(df, 'rep', ['acc'])
