@@ -316,3 +316,19 @@ def test_figures(blobs, tmp_path):
         files = save_figure(fig, tmp_path/'figs'/'confusion')
     assert files[0].suffix == '.html' and files[0].stat().st_size > 0 and (tmp_path/'figs'/'plotly.min.js').is_file()
     assert all(f.is_file() for f in files)
+
+
+def test_save_figure_without_png_warns_once(tmp_path, monkeypatch):
+    import kaleido
+    import mmvae.core as core
+    def broken(*a, **k): raise RuntimeError('no Chromium here')
+    monkeypatch.setattr(kaleido, 'start_sync_server', broken)
+    monkeypatch.setitem(core._PNG, 'ok', None)
+    fig = confusion([1, 2], [0, 1])
+    with pytest.warns(UserWarning, match='PNG export is unavailable'):
+        files = save_figure(fig, tmp_path/'a')
+    assert [f.name for f in files] == ['a.html'] and not (tmp_path/'a.png').exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no second warning
+        assert [f.name for f in save_figure(fig, tmp_path/'b')] == ['b.html']
+    assert save_figure(fig, tmp_path/'c', png=False) == [tmp_path/'c.html']
