@@ -15,7 +15,7 @@ are printed alongside.
 
 Usage, from the repository root:  .venv/bin/python bench/features.py [--data DIR] [--n N] [--jobs J] [--memory-n 903]
 """
-import argparse, os, resource, shutil, sys, tempfile, threading, time, warnings
+import argparse, json, os, resource, shutil, sys, tempfile, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,7 @@ def main(argv=None):
     ap.add_argument('--jobs', type=int, default=None, help='worker processes for mmvae (default: all cores)')
     ap.add_argument('--memory-n', type=int, default=903, help='manifest rows of the peak-memory run (clips reused cyclically); 0 skips it')
     ap.add_argument('--no-serial', action='store_true', help='skip the one-process mmvae timing')
+    ap.add_argument('--json', default=None, help='also write the measurements to this JSON file')
     args = ap.parse_args(argv)
     warnings.simplefilter('ignore')
     jobs = args.jobs or _cores()
@@ -131,6 +132,10 @@ def main(argv=None):
         print(f"warm rerun: {t_warm:.2f} s for {n} clips ({1000 * t_warm / n:.1f} ms/clip: hashing the files and loading the store)")
         print(f"peak RSS during (b), process tree: {mem_b.peak / 2**20:,.0f} MiB")
 
+        result = dict(clips=n, jobs=jobs, cpus=os.cpu_count(), load_average=os.getloadavg()[0],
+                      seconds=dict(zip(table['pipeline'], table['seconds'])), speedup_b_over_a=t_seed / t_mm,
+                      b_wall_over_floor=t_mm / t_floor, warm_rerun_s=t_warm, peak_rss_b_mib=mem_b.peak / 2**20)
+        if not args.no_serial: result.update(speedup_b1_over_a=t_seed / t_mm1, b1_over_floor=t_mm1 / t_floor)
         if args.memory_n:
             big = pd.concat([clips] * (-(-args.memory_n // n)), ignore_index=True).head(args.memory_n).copy()
             big['id'] = [f'{i:03d}' for i in range(1, len(big) + 1)]
@@ -140,10 +145,13 @@ def main(argv=None):
             print(f"\npeak-memory run: {len(big)} rows ({n} distinct clips reused; each row extracted anew), "
                   f"{t_big:.1f} s, {len(big) / t_big:.2f} clips/s")
             print(f"  peak RSS, process tree (sampled): {mem.peak / 2**20:,.0f} MiB   (goal < 2 GB); FeatureSet arrays {nbytes / 2**20:.1f} MiB")
+            result.update(memory_rows=len(big), memory_run_s=t_big, peak_rss_memory_run_mib=mem.peak / 2**20)
         from joblib.externals.loky import get_reusable_executor
         get_reusable_executor().shutdown(wait=True)  # workers exit: their maxima reach RUSAGE_CHILDREN
         kb = lambda who: resource.getrusage(who).ru_maxrss / 1024
         print(f"  getrusage max RSS: this process {kb(resource.RUSAGE_SELF):,.0f} MiB, largest child {kb(resource.RUSAGE_CHILDREN):,.0f} MiB")
+        result.update(maxrss_self_mib=kb(resource.RUSAGE_SELF), maxrss_largest_child_mib=kb(resource.RUSAGE_CHILDREN))
+        if args.json: Path(args.json).write_text(json.dumps(result, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
