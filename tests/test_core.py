@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvae.core import (CLUSTERERS, MLPVAE, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
+from mmvae.core import (CLUSTERERS, MLPVAE, active_units, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
                         embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
                         majority_rate, metric_bars, mlp, purity, reparameterize, save_figure, save_run_outputs,
                         seed_everything, setup_plotly, summarize_runs, train_model, training_curves)
@@ -119,6 +119,13 @@ def test_embedder_in_pipeline(X):
     assert list(pipe.get_feature_names_out()) == ['z0', 'z1', 'z2']
     # interchangeable with PCA
     assert make_pipeline(StandardScaler(), PCA(3)).fit_transform(X).shape == Z.shape
+
+
+def test_active_units():
+    rng = np.random.default_rng(0)
+    mu = np.c_[rng.normal(size=200), rng.normal(scale=0.5, size=200), np.full(200, 2.), rng.normal(scale=0.05, size=200)]
+    assert active_units(mu) == 2  # variances 1, 0.25 count; 0 and 0.0025 do not
+    assert active_units(mu, threshold=0.001) == 3
 
 
 def test_embedder_errors(X):
