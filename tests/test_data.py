@@ -103,3 +103,22 @@ def test_empty_lyrics_are_missing(tmp_path):
 def test_audio_padded_to_duration(demo):
     y = read_audio(demo/'Audio'/'001.mp3', sr=8000, duration=3.0)
     assert y.shape == (24000,) and abs(y[-1000:]).max() == 0  # 2-s clip, zero-padded to 3 s
+
+
+def test_odd_length_utf16_lyrics_decode(tmp_path):
+    (tmp_path/'l.txt').write_bytes('la la'.encode('utf-16') + b'\x00')  # a stray trailing byte
+    assert read_lyrics(tmp_path/'l.txt').startswith('la la')
+
+
+def test_info_csv_duplicate_ids(demo_copy):
+    raw = (demo_copy/'dataset info.csv').read_bytes().decode('utf-16').split('\r\n')
+    raw[2] = raw[1]  # song 001 listed twice, 002 not at all
+    (demo_copy/'dataset info.csv').write_bytes('\r\n'.join(raw).encode('utf-16'))
+    with pytest.raises(DatasetError, match='lists song.s. 001 more than once'):
+        load_manifest(demo_copy)
+
+
+def test_empty_info_csv(demo_copy):
+    (demo_copy/'dataset info.csv').write_bytes(b'')
+    with pytest.raises(DatasetError, match='dataset info.csv: no Filename column'):
+        load_manifest(demo_copy)
