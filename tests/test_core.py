@@ -1,5 +1,5 @@
 """mmvae.core: VAE building blocks and training, clustering and metrics, figures."""
-import warnings
+import os, warnings
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mmvae.core import (as_list, model_device, reconstruct, recon_error, standardize)
 from mmvae.core import (CLUSTERERS, MLPVAE, active_units, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
                         embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
                         majority_rate, metric_bars, mlp, purity, reparameterize, save_figure, save_run_outputs,
@@ -272,6 +273,67 @@ def test_linear_probe(blobs):
     noise = np.random.default_rng(0).normal(size=Z.shape)
     assert linear_probe(noise, y) < 0.5
     assert linear_probe(noise, y, seed=1) == linear_probe(noise, y, seed=1)
+
+
+def test_linear_probe_small_classes(blobs):
+    "A class with fewer songs than folds lowers the fold count; a class of one song gives NaN and a warning, not an error."
+    Z, y = blobs
+    y3 = np.r_[np.asarray(y)[:-3], 9, 9, 9]  # a mood of 3 songs: 3 folds
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no sklearn warning about too few members either
+        assert np.isfinite(linear_probe(Z, y3, folds=10))
+    with pytest.warns(UserWarning, match='at least 2 examples'):
+        assert np.isnan(linear_probe(Z, np.r_[np.asarray(y)[:-1], 9]))
+    with pytest.warns(UserWarning, match='only one class'):
+        assert np.isnan(linear_probe(Z, np.zeros(len(Z), int)))
+
+
+def test_as_list_accepts_papermill_strings():
+    assert as_list('[0, 1, 2]') == [0, 1, 2] and as_list('0,1,2') == [0, 1, 2] and as_list(' [3] ') == [3]
+    assert as_list((0.5, 4), float) == [0.5, 4.0] and as_list('[0.5, 1.0, 4.0]', float) == [0.5, 1.0, 4.0]
+    assert as_list(np.array([1, 2])) == [1, 2] and as_list(5) == [5] and as_list([]) == []
+
+
+def test_reconstruct_matches_decode_of_means_and_returns_numpy(X):
+    seed_everything(0)
+    m = MLPVAE(X.shape[1], latent_dim=2, hidden=(8,)).eval()
+    with torch.no_grad(): want = m.decode(m.encode(torch.as_tensor(X))[0]).numpy()
+    got = reconstruct(m, {'x': X}, batch_size=7, device='cpu')
+    assert isinstance(got, np.ndarray) and got.shape == X.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert model_device(m) == torch.device('cpu') and model_device(torch.nn.ReLU()) == torch.device('cpu')
+
+    class Two(torch.nn.Module):  # a decoder returning one reconstruction per modality
+        def __init__(self): super().__init__(); self.lin = torch.nn.Linear(X.shape[1], 2)
+        def encode(self, x, **_): return self.lin(x), torch.zeros(len(x), 2)
+        def decode(self, z): return {'a': z, 'b': 2 * z}
+    two = Two()
+    out = reconstruct(two, {'x': X}, batch_size=50)
+    assert set(out) == {'a', 'b'} and out['a'].shape == (len(X), 2)
+    np.testing.assert_allclose(out['b'], 2 * out['a'])
+
+
+def test_recon_error_and_standardize():
+    assert recon_error(torch.ones(2, 3, 4), torch.zeros(2, 3, 4)).tolist() == [6.0, 6.0]
+    np.testing.assert_allclose(standardize(np.array([[1., 5], [3, 5], [100, 100]]), [True, True, False]), [[-1, 0], [1, 0], [0, 0]])
+    g = standardize(np.arange(8.).reshape(2, 4), axis=None)
+    assert g.dtype == np.float32 and g.mean() == pytest.approx(0, abs=1e-6) and g.std() == pytest.approx(1, abs=1e-5)
+
+
+def test_seed_everything_asks_for_deterministic_kernels_on_cuda(monkeypatch):
+    "With CUDA (simulated): deterministic algorithms (warn only) and a cuBLAS workspace config unless one is set."
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'manual_seed_all', lambda seed: None)
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    try:
+        seed_everything(0)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+        monkeypatch.setenv('CUBLAS_WORKSPACE_CONFIG', ':16:8')
+        seed_everything(0)
+        assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':16:8'  # a user's setting is kept
+    finally: torch.use_deterministic_algorithms(*was[:1], warn_only=was[1])
 
 
 def test_same_seed_same_metrics(X):
