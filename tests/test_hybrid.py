@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmvae.core import embed, train_model
-from mmvae.hybrid import (ConvEncoder, ConvVAE, HybridVAE, balance_blocks, medium_inputs, product_of_experts,
-                          standardize)
+from mmvae.core import embed, poe, standardize, train_model
+from mmvae.hybrid import ConvEncoder, ConvVAE, HybridVAE, balance_blocks, medium_inputs
 
 SHAPE, LYR, LAT = (32, 32), 12, 4
 
@@ -100,8 +99,7 @@ def test_song_without_lyrics_is_encoded_from_audio_alone():
 
 
 def test_product_of_experts_known_values():
-    mu, logvar = product_of_experts([torch.tensor([[2.]]), torch.tensor([[4.]])], [torch.zeros(1, 1), torch.zeros(1, 1)],
-                                    [torch.ones(1), torch.ones(1)])
+    mu, logvar = poe(torch.tensor([[[2.]], [[4.]]]), torch.zeros(2, 1, 1), torch.ones(1, 2))  # the shared core PoE, as HybridVAE uses it
     torch.testing.assert_close(mu, torch.tensor([[2.]]))  # (0 + 2 + 4) / 3
     torch.testing.assert_close(logvar, torch.log(torch.tensor([[1 / 3]])))
 
