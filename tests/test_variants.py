@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mmvae.core import embed, train_model
+from mmvae.core import embed, poe, standardize, train_model  # the shared product of experts and scaling the variants use
 from mmvae.variants import (AE, BetaVAE, CVAE, TriModalVAE, VaDE, condition_labels, cross_modal_shift, fit_vade, hide,
-                            modality_data, one_hot, poe, standardize, vade_assign)
+                            modality_data, one_hot, vade_assign)
 
 
 # --- product of experts -------------------------------------------------------------------------
@@ -177,6 +177,9 @@ def test_vade_fit_end_to_end():
     model = VaDE(5, latent_dim=2, hidden=(8, 4), k=3)
     hist = fit_vade(model, {'x': X}, epochs=3, seed=0, progress=False)
     assert set(hist['phase']) == {'pretrain', 'vade'}
+    pre, full = hist[hist.phase == 'pretrain'], hist[hist.phase == 'vade']
+    assert full['epoch'].min() == pre['epoch'].max() + 1 and hist['epoch'].is_monotonic_increasing  # one epoch axis, no overlap
+    assert hist.attrs['best_epoch'] in set(full['epoch'])  # the restored weights are the full-ELBO phase's
     g = vade_assign(model, X)
     assert np.isfinite(g).all() and np.allclose(g.sum(1), 1, atol=1e-5)
 
