@@ -106,7 +106,7 @@ def test_train_model_is_generic():
     model = _MaskedMean()
     h = train_model(model, {'x': x, 'm': m}, epochs=60, lr=0.1, seed=0, progress=False, val_frac=0)
     assert 'train_err' in h and h['val_loss'].isna().all()
-    np.testing.assert_allclose(model.w.detach().numpy(), x.mean(0), atol=0.15)
+    np.testing.assert_allclose(model.w.detach().cpu().numpy(), x.mean(0), atol=0.15)
     assert embed(model, {'x': x, 'm': m}).shape == (200, 3)
 
 
