@@ -1,5 +1,6 @@
 """The feature store on generated demo data, on bad input, on a Dask cluster and on the real subset (where present)."""
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,6 +148,107 @@ def test_lyrics_windows_fit_the_model():
     windows = F.lyrics_windows(text, tok, 256)
     assert all(len(tok(w)['input_ids']) <= 256 for w in windows) and len(windows) >= 5
     assert '[Verse 1]' not in text and 'line 0' in windows[0]
+
+
+KEPT_LINES = ['Bridge over troubled water', 'Solo, I walk alone tonight', 'Repeat after me', 'Hook me up baby', 'I got 2 x 4s']
+
+
+@pytest.mark.parametrize('line', KEPT_LINES)
+def test_clean_lyrics_keeps_lyric_lines(line):
+    assert clean_lyrics(f'[Chorus]\n{line}\nBridge') == line
+
+
+@pytest.mark.parametrize('marker', ['[Chorus]', '(Verse 2)', 'Chorus:', 'Verse 2', 'Bridge', '(Repeat chorus)', 'Pre-Chorus', '[Hook: Sheek]'])
+def test_clean_lyrics_drops_section_markers(marker):
+    assert clean_lyrics(f'la la\n{marker}\nna na') == 'la la\nna na'
+
+
+@pytest.mark.parametrize('line, cleaned', [('Oh yeah (x2)', 'Oh yeah'), ('Oh yeah x2', 'Oh yeah'), ('Oh yeah 2x', 'Oh yeah'),
+                                           ('no, no(repeat 8x)', 'no, no'), ('I got 2 x 4s', 'I got 2 x 4s'),
+                                           ('x2 times the fun', 'x2 times the fun'), ('(x2) Oh yeah', '(x2) Oh yeah')])
+def test_clean_lyrics_strips_repeat_marks_only_at_line_end(line, cleaned):
+    assert clean_lyrics(line) == cleaned
+
+
+def test_lyrics_cache_version_bumped():
+    "Cached lyrics entries from before the cleaning fix are not reused."
+    assert F.EXTRACTOR_VERSION['lyrics_emb'] >= 2 and F.EXTRACTOR_VERSION['lyrics_lsa'] >= 2
+
+
+def test_text_model_device():
+    torch = pytest.importorskip('torch')
+    expected = 'cuda' if torch.cuda.is_available() else 'cpu'
+    assert F.text_model().device.type == expected
+
+
+def _blas_threads():
+    threadpoolctl = pytest.importorskip('threadpoolctl')
+    return [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']
+
+
+def test_one_blas_thread_is_thread_safe():
+    before = _blas_threads()
+    if not before or max(before) < 2: pytest.skip('BLAS runs on one thread here anyway')
+    import threading
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+    def a():
+        with F._one_blas_thread(): a_in.set(); b_in.wait(5); seen['a'] = _blas_threads()
+        a_out.set()
+    def b():
+        a_in.wait(5)
+        with F._one_blas_thread(): b_in.set(); a_out.wait(5); seen['b'] = _blas_threads()  # a has left, b is still inside
+    ts = [threading.Thread(target=f) for f in (a, b)]
+    for t in ts: t.start()
+    for t in ts: t.join(10)
+    assert max(seen['a']) == 1 and max(seen['b']) == 1
+    assert _blas_threads() == before  # the limit is lifted once the last user leaves
+
+
+def test_dask_tasks_run_with_one_blas_thread(monkeypatch):
+    distributed = pytest.importorskip('distributed')
+    before = _blas_threads()
+    if not before or max(before) < 2: pytest.skip('BLAS runs on one thread here anyway')
+    monkeypatch.setattr(F, '_run_task', lambda t, c: (t, 'ok', {'x': np.array(_blas_threads())}))
+    tasks = [('midi', i, f'f{i}.mid', f'k{i}') for i in range(4)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+         distributed.Client(cluster) as client:
+        res = list(F._execute(tasks, CFG, client=client, progress=False))
+    assert len(res) == 4 and all(r[1] == 'ok' and r[2]['x'].max() == 1 for r in res)
+    assert _blas_threads() == before
+
+
+def _with_one_lyrics_file(demo, tmp_path, raw: bytes):
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    m = load_manifest(bad)
+    p = Path(m['lyrics_path'].dropna().iloc[0])
+    p.write_bytes(raw)
+    return m, p
+
+
+def test_odd_length_utf16_lyrics_are_not_fatal(demo, tmp_path):
+    m, p = _with_one_lyrics_file(demo, tmp_path, b'\xff\xfe' + b'abc')  # BOM + 3 bytes: odd-length UTF-16
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
+    row = int(np.flatnonzero(m['lyrics_path'].to_numpy() == str(p))[0])
+    skipped = fs.skipped[fs.skipped['id'] == m['id'].iloc[row]]
+    assert fs.mask['lyrics'][row] != (len(skipped) == 1)  # either read (decoded with replacement) or skipped and counted
+    assert all(p.name in r for r in skipped['reason'])
+    assert fs.mask['lyrics'].sum() + len(fs.skipped) == m['lyrics_path'].notna().sum()
+
+
+def test_undecodable_lyrics_are_skipped_and_counted(demo, tmp_path, monkeypatch):
+    m, p = _with_one_lyrics_file(demo, tmp_path, b'\xff\xfe' + b'abc')
+    real = F.read_lyrics
+    def strict(path):
+        if Path(path) == p: raise UnicodeDecodeError('utf-16-le', b'c', 0, 1, 'truncated data')
+        return real(path)
+    monkeypatch.setattr(F, 'read_lyrics', strict)
+    with pytest.warns(UserWarning, match='1 file'):
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
+    assert len(fs.skipped) == 1 and fs.skipped['modality'].iloc[0] == 'lyrics' and p.name in fs.skipped['reason'].iloc[0]
+    assert fs.mask['lyrics'].sum() == m['lyrics_path'].notna().sum() - 1
 
 
 @needs_real
