@@ -246,7 +246,7 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
         tqdm.write(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stdout)
     return out/'results'
 
-# %% ../nbs/05_analysis.ipynb #d2b2aa13
+# %% ../nbs/05_analysis.ipynb #d74b3a7f
 def main(argv=None):
     "The `mmvae` command."
     p = argparse.ArgumentParser(prog='mmvae', description='Clustering music by emotion with multi-modal VAEs.')
@@ -258,6 +258,7 @@ def main(argv=None):
     r.add_argument('--only', nargs='+', help='notebooks to run, by name or prefix (e.g. 02 05)')
     r.add_argument('--seeds', type=int, nargs='+', help='override the profile seeds')
     r.add_argument('--epochs', type=int, help='override the profile epochs')
+    r.add_argument('--dask', metavar='ADDRESS', help='Dask scheduler to extract features on (e.g. tcp://host:8786)')
     s = sub.add_parser('summary', help='print the manifest summary of a dataset (default: the demo)')
     s.add_argument('--data', help='dataset folder (default: a generated demo dataset)')
     s.add_argument('--cache', default='cache', help='where the demo dataset is generated')
@@ -267,7 +268,7 @@ def main(argv=None):
         if a.command == 'summary':
             print(summarize(load_manifest(resolve_data_dir(a.data, a.cache))).to_string())
             return 0
-        over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs).items() if v is not None}
+        over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs, dask_scheduler=a.dask).items() if v is not None}
         results = reproduce(a.profile, a.data, a.out, a.only, **over)
     except (ReproduceError, DatasetError) as e:
         print(f"mmvae: {e}", file=sys.stderr)
