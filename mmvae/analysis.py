@@ -246,7 +246,7 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
         tqdm.write(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stdout)
     return out/'results'
 
-# %% ../nbs/05_analysis.ipynb #d74b3a7f
+# %% ../nbs/05_analysis.ipynb #74702302
 def main(argv=None):
     "The `mmvae` command."
     p = argparse.ArgumentParser(prog='mmvae', description='Clustering music by emotion with multi-modal VAEs.')
@@ -277,8 +277,12 @@ def main(argv=None):
     return 0
 
 def print_summary(results: Path):
-    "Print the summary table of a run, or what it wrote when there is none yet."
-    with pd.option_context('display.width', 200, 'display.max_columns', 30, 'display.max_rows', 200):
-        for f, title in (('data/manifest_summary.csv', 'Dataset'), ('summary.csv', 'Results (mean over seeds)')):
-            if (Path(results)/f).is_file(): print(f"\n{title}:\n{pd.read_csv(Path(results)/f).to_string(index=False)}")
+    "Print the dataset summary and the results table of a run (mean ± std over seeds, best per task ★)."
+    results = Path(results)
+    with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.max_rows', 200, 'display.max_colwidth', 40):
+        if (results/'data'/'manifest_summary.csv').is_file():
+            print(f"\nDataset:\n{pd.read_csv(results/'data'/'manifest_summary.csv').to_string(index=False)}")
+        if (results/'summary.csv').is_file():
+            table = mark_best(pd.read_csv(results/'summary.csv'), ('acc', 'nmi', 'ari', 'purity', 'probe_f1'))
+            print(f"\nResults (mean ± std over seeds; ★ best per task; probe_f1 is the supervised linear probe):\n{table.to_string(index=False)}")
     print(f"\nresults written to {results}")
