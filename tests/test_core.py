@@ -401,3 +401,89 @@ def test_save_figure_without_png_warns_once(tmp_path, monkeypatch):
         warnings.simplefilter('error')  # no second warning
         assert [f.name for f in save_figure(fig, tmp_path/'b')] == ['b.html']
     assert save_figure(fig, tmp_path/'c', png=False) == [tmp_path/'c.html']
+
+
+# --- model cache ---------------------------------------------------------------------------------------------------
+
+def _no_epoch(*a, **k): raise AssertionError("an epoch ran although the model was cached")
+
+
+def _entries(folder): return sorted(p.suffix for p in folder.iterdir())
+
+
+def test_model_cache_hit_loads_without_training_and_is_identical(X, tmp_path, monkeypatch):
+    import mmvae.core as core
+    m0, h0 = _fit(X, 3, device='cpu')  # no cache
+    m1, h1 = _fit(X, 3, device='cpu', cache=tmp_path)  # miss: trains and stores
+    assert _entries(tmp_path) == ['.csv', '.json', '.pt']  # no temporary files left behind
+    monkeypatch.setattr(core, '_run_epoch', _no_epoch)
+    m2, h2 = _fit(X, 3, device='cpu', cache=tmp_path)  # hit: no epoch may run
+    pd.testing.assert_frame_equal(h2, h1)
+    pd.testing.assert_frame_equal(h1, h0)
+    assert h2.attrs['best_epoch'] == h1.attrs['best_epoch'] == h0.attrs['best_epoch'] is not None
+    for m in (m1, m2): np.testing.assert_array_equal(embed(m, {'x': X}), embed(m0, {'x': X}))
+    for k, v in m0.state_dict().items(): torch.testing.assert_close(m2.state_dict()[k], v, rtol=0, atol=0)
+    assert not m2.training
+    with pytest.raises(AssertionError, match='cached'): _fit(X, 4, device='cpu', cache=tmp_path)  # another seed trains
+
+
+def test_model_cache_misses_when_anything_changes(X, tmp_path):
+    _fit(X, 0, device='cpu', cache=tmp_path)
+    X2 = X.copy(); X2[0, 0] += 1e-3
+    _fit(X, 1, device='cpu', cache=tmp_path)  # seed
+    seed_everything(0)
+    train_model(MLPVAE(X.shape[1], latent_dim=2, hidden=(16,)), {'x': X}, epochs=7, seed=0, progress=False, device='cpu', cache=tmp_path)  # epochs
+    _fit(X2, 0, device='cpu', cache=tmp_path)  # one changed value in the data
+    _fit(X, 0, device='cpu', cache=tmp_path, lr=2e-3)  # a training argument
+    assert len(list(tmp_path.glob('*.pt'))) == 5
+    _fit(X, 0, device='cpu', cache=tmp_path)  # the first one again: a hit, no new entry
+    assert len(list(tmp_path.glob('*.pt'))) == 5
+
+
+def test_training_key_covers_model_data_and_args(X):
+    from mmvae.core import training_key
+    def model(seed=0, **kw): seed_everything(seed); return MLPVAE(15, latent_dim=2, hidden=(16,), **kw)
+    base = training_key(model(), {'x': X}, dict(epochs=3))
+    assert training_key(model(), {'x': X}, dict(epochs=3)) == base  # deterministic
+    assert training_key(model(), {'x': X.copy()}, {'epochs': 3}) == base  # by content, not identity
+    assert training_key(model(1), {'x': X}, dict(epochs=3)) != base  # initial weights
+    assert training_key(model(beta=4.), {'x': X}, dict(epochs=3)) != base  # same weights, different loss
+    assert training_key(model(), {'x': X}, dict(epochs=4)) != base
+    assert training_key(model(), {'x': X.astype(np.float64)}, dict(epochs=3)) != base  # dtype
+    assert training_key(model(), {'x2': X}, dict(epochs=3)) != base  # array name
+    assert training_key(model(), {'x': X, 'm': np.ones(len(X), bool)}, dict(epochs=3)) != base
+    assert training_key(model(), {'m': np.ones(len(X), bool), 'x': X}, dict(epochs=3)) == \
+           training_key(model(), {'x': X, 'm': np.ones(len(X), bool)}, dict(epochs=3))  # sorted names
+
+
+def test_cached_training_generic_and_damaged_entry(X, tmp_path):
+    from mmvae.core import cached_training
+    calls = []
+    def run(model):
+        def fit():
+            calls.append(1)
+            with torch.no_grad(): model.w.add_(1.)
+            h = pd.DataFrame({'epoch': [1, 2], 'train_loss': [0.5, 0.25], 'phase': ['a', 'b']}); h.attrs['best_epoch'] = 2
+            return h
+        return cached_training(model, {'x': X}, dict(procedure='test'), tmp_path, fit, device='cpu')
+    h1 = run(m1 := _MaskedMean())
+    h2 = run(m2 := _MaskedMean())
+    assert len(calls) == 1 and h2.attrs == {'best_epoch': 2}
+    pd.testing.assert_frame_equal(h1, h2)
+    torch.testing.assert_close(m2.w.detach(), torch.ones(3))
+    next(tmp_path.glob('*.pt')).write_bytes(b'not a checkpoint')
+    with pytest.warns(UserWarning, match='unreadable'): run(_MaskedMean())
+    assert len(calls) == 2
+    run(_MaskedMean()); assert len(calls) == 2  # repaired
+
+
+def test_embedder_passes_the_cache(X, tmp_path, monkeypatch):
+    import mmvae.core as core
+    emb = VAEEmbedder(latent_dim=2, hidden=(16,), epochs=4, random_state=1, device='cpu', cache=tmp_path)
+    assert clone(emb).get_params()['cache'] == tmp_path  # stored as given, sklearn-style
+    Z = emb.fit_transform(X)
+    assert len(list(tmp_path.glob('*.pt'))) == 1
+    monkeypatch.setattr(core, '_run_epoch', _no_epoch)
+    again = clone(emb).fit(X)
+    np.testing.assert_array_equal(again.transform(X), Z)
+    pd.testing.assert_frame_equal(again.history_, emb.history_)

@@ -214,3 +214,21 @@ def test_beta_vae_weights_kl():
     torch.manual_seed(1); o1 = m1(x=x)
     torch.manual_seed(1); o4 = m4(x=x)
     torch.testing.assert_close(o4.loss - o1.loss, 3 * o1.logs['kl'])
+
+
+def test_vade_fit_is_cached_as_one_entry(tmp_path, monkeypatch):
+    "A second identical `fit_vade` with the model cache runs no epoch and gives the same model, history and assignments."
+    import mmvae.core as core
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(m, .3, (15, 5)) for m in (-2, 0, 2)]).astype(np.float32)
+    def fit():
+        torch.manual_seed(0)
+        model = VaDE(5, latent_dim=2, hidden=(8, 4), k=3)
+        return model, fit_vade(model, {'x': X}, epochs=3, seed=0, progress=False, device='cpu', cache=tmp_path)
+    m1, h1 = fit()
+    assert len(list(tmp_path.glob('*.pt'))) == 1  # both phases: one entry
+    monkeypatch.setattr(core, '_run_epoch', lambda *a, **k: pytest.fail('an epoch ran although the fit was cached'))
+    m2, h2 = fit()
+    pd.testing.assert_frame_equal(h2, h1)
+    assert h2.attrs['best_epoch'] == h1.attrs['best_epoch'] and not m2.pretrain
+    np.testing.assert_array_equal(vade_assign(m2, X), vade_assign(m1, X))
