@@ -306,21 +306,24 @@ def cached_training(model: nn.Module,  # initialised, untrained; trained (or loa
     _write_atomic(meta, lambda p: p.write_text(json.dumps(info, indent=1)))
     return _read_history(csv, meta)
 
-# %% ../nbs/02_easy_vae_pca.ipynb #83719021
+# %% ../nbs/02_easy_vae_pca.ipynb #2c42b325
 def embed(model: nn.Module,  # has encode(**batch) -> (mu, logvar)
           data: dict,  # name → array, as for `train_model`
           batch_size: int = 256,  # examples per batch
           device=None,  # torch device; None → where the model's parameters are
          ) -> np.ndarray:
     "Posterior means `model.encode(**batch)[0]` for every row, as a float32 array."
+    mus = _map_batches(model, data, lambda b: model.encode(**b)[0].cpu(), batch_size, device)
+    return torch.cat(mus).numpy().astype(np.float32)
+
+def _map_batches(model, data, fn, batch_size, device):
+    "`fn(batch)` for consecutive batches of `data` on the model's device, in eval mode, without gradients."
     device = torch.device(device) if device is not None else model_device(model)
     tensors = _as_tensors(data)
     n = len(next(iter(tensors.values())))
     model.eval()
     with torch.no_grad():
-        mus = [model.encode(**{k: v[s:s + batch_size].to(device) for k, v in tensors.items()})[0].cpu()
-               for s in range(0, n, batch_size)]
-    return torch.cat(mus).numpy().astype(np.float32)
+        return [fn({k: v[s:s + batch_size].to(device) for k, v in tensors.items()}) for s in range(0, n, batch_size)]
 
 def model_device(model: nn.Module) -> torch.device:
     "Where the model's parameters are (`train_model` leaves a model on CUDA when there is one); the CPU for a model without any."
@@ -337,13 +340,7 @@ def reconstruct(model: nn.Module,  # has encode(**batch) -> (mu, logvar) and dec
                 device=None,  # torch device; None → where the model's parameters are
                ):
     "Reconstructions decoded from the posterior means, `model.decode(model.encode(**batch)[0])`, as NumPy (a dict of arrays when decode returns a dict)."
-    device = torch.device(device) if device is not None else model_device(model)
-    tensors = _as_tensors(data)
-    n = len(next(iter(tensors.values())))
-    model.eval()
-    with torch.no_grad():
-        outs = [_to_numpy(model.decode(model.encode(**{k: v[s:s + batch_size].to(device) for k, v in tensors.items()})[0]))
-                for s in range(0, n, batch_size)]
+    outs = _map_batches(model, data, lambda b: _to_numpy(model.decode(model.encode(**b)[0])), batch_size, device)
     if isinstance(outs[0], dict): return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
 
