@@ -122,10 +122,12 @@ def latent_files(results) -> dict:
     "Saved latent spaces: `'task: representation'` → npz path."
     return {f"{p.parent.parent.name.removesuffix('_task')}: {p.stem}": p for p in sorted(Path(results).glob('*_task/latents/*.npz'))}
 
-def map_2d(path, random_state: int = 0) -> pd.DataFrame:
+def map_2d(path, random_state: int = 0,
+           cache=None,  # folder of projections (see `project_2d`)
+          ) -> pd.DataFrame:
     "2-D t-SNE of a saved latent space (ids, x, y)."
     with np.load(path, allow_pickle=False) as f: ids, z = f['ids'].astype(str), f['z']
-    xy = project_2d(z, 'tsne', random_state)
+    xy = project_2d(z, 'tsne', random_state, cache)
     return pd.DataFrame(dict(id=ids, x=xy[:, 0], y=xy[:, 1]))
 
 def slug(name) -> str:
@@ -142,15 +144,15 @@ def song_card(song: pd.Series, predicted=None) -> str:
             f"song {song['id']} · mood cluster {song['cluster']} ({escape(str(song['category']))})"
             + (f" · predicted cluster {predicted}" if predicted is not None else '') + f"<br><small>{excerpt}</small>")
 
-def explorer(results, manifest: pd.DataFrame):
+def explorer(results, manifest: pd.DataFrame,
+             cache=None):  # folder of 2-D projections (see `project_2d`), e.g. `cache_dir/'maps'`
     "An ipywidgets + plotly explorer of the saved latent spaces (JupyterLab)."
     import ipywidgets as W, plotly.graph_objects as go
-    from IPython.display import display
     files, asg = latent_files(results), load_assignments(results)
     if not files: raise FileNotFoundError(f"no saved latent spaces under {results}/*_task/latents/")
     songs = manifest.set_index('id', drop=False)
     space, by = W.Dropdown(options=list(files), description='latent'), W.Dropdown(description='colour by')
-    group, members, card, player = W.Dropdown(description='cluster'), W.HTML(), W.HTML(), W.Output()
+    group, members, card, player = W.Dropdown(description='cluster'), W.HTML(), W.HTML(), W.Audio(value=b'', autoplay=False)
     fig = go.FigureWidget(go.Scatter(mode='markers', marker=dict(size=8, colorscale='Turbo', showscale=True)))
     fig.update_layout(height=480, margin=dict(l=10, r=10, t=30, b=10))
     state = {}
@@ -169,7 +171,7 @@ def explorer(results, manifest: pd.DataFrame):
             sc.text = [f"{songs.loc[i, 'title']} — {songs.loc[i, 'artist']}" if 'title' in songs else i for i in xy['id']]
         group.options = sorted(set(pd.Series(lab).dropna().astype(int)))
     def load(*_):
-        state['xy'] = map_2d(files[space.value])
+        state['xy'] = map_2d(files[space.value], cache=cache)
         task, rep = space.value.split(': ')
         have = asg[(asg['task'] == task) & (asg['representation'].map(slug) == rep)]['clusterer'].unique().tolist() if len(asg) else []
         by.options = ['true mood', *have]
@@ -178,9 +180,8 @@ def explorer(results, manifest: pd.DataFrame):
         if not points.point_inds: return
         i = points.point_inds[0]; sid = state['xy']['id'].iloc[i]; song = songs.loc[sid]
         card.value = song_card(song, state['labels'][i])
-        player.clear_output()
-        if isinstance(song.get('audio_path'), str):
-            with player: display(W.Audio(value=Path(song['audio_path']).read_bytes(), format=Path(song['audio_path']).suffix[1:], autoplay=False))
+        path = Path(song['audio_path']) if isinstance(song.get('audio_path'), str) else None
+        player.format, player.value = (path.suffix[1:], path.read_bytes()) if path else ('mp3', b'')
     def listed(*_):
         ids = state['xy']['id'][pd.Series(state['labels']) == group.value]
         members.value = '<br>'.join(f"{i} {songs.loc[i, 'title'] if 'title' in songs else ''} (mood {songs.loc[i, 'cluster']})" for i in ids)

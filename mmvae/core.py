@@ -16,9 +16,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 # %% auto #0
 __all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'get_device', 'seed_everything', 'as_list', 'limit_threads', 'ModelOutput',
            'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'mlp', 'MLPVAE', 'train_model', 'training_key',
-           'cached_training', 'embed', 'model_device', 'reconstruct', 'active_units', 'standardize', 'VAEEmbedder',
-           'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate', 'align_labels', 'evaluate',
-           'summarize_runs', 'linear_probe', 'setup_plotly', 'project_2d', 'latent_map', 'training_curves',
+           'cached_training', 'embed', 'model_device', 'reconstruct', 'train_parallel', 'active_units', 'standardize',
+           'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate', 'align_labels',
+           'evaluate', 'summarize_runs', 'linear_probe', 'setup_plotly', 'project_2d', 'latent_map', 'training_curves',
            'metric_bars', 'confusion', 'save_figure', 'cluster_runs', 'save_run_outputs']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
@@ -33,7 +33,8 @@ def seed_everything(seed: int):
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # deterministic cuBLAS (read when cuBLAS starts)
         torch.cuda.manual_seed_all(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    from torch.backends import cudnn  # imported here: as a global it would stop cloudpickle sending notebook functions to workers
+    cudnn.deterministic, cudnn.benchmark = True, False
 
 def as_list(value,  # a list or tuple, a string such as '[0, 1, 2]' or '0,1,2' (what `papermill -p` passes), or one value
             type=int,  # applied to every item
@@ -344,6 +345,26 @@ def reconstruct(model: nn.Module,  # has encode(**batch) -> (mu, logvar) and dec
     if isinstance(outs[0], dict): return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
 
+# %% ../nbs/02_easy_vae_pca.ipynb #017473a5
+def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. via `train_model(..., cache=...)`)
+                   jobs: list,  # argument tuples, one per model (e.g. (name, seed))
+                   n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → nothing is done here
+                   threads: int = 1,  # torch and BLAS threads in each worker
+                  ):
+    "Run `fit(*job)` for every job in worker processes, to fill the model cache; the caller's own `fit` calls then load the models."
+    n_jobs = min(n_jobs or os.cpu_count() or 1, len(jobs))
+    if n_jobs <= 1 or torch.cuda.is_available(): return  # one GPU trains one model at a time best
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+    work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
+        delayed(_fit_in_worker)(fit, job, threads) for job in jobs)
+    for _ in tqdm(work, total=len(jobs), desc=f'training ({n_jobs} processes)'): pass
+
+def _fit_in_worker(fit, job, threads):
+    limit_threads(threads)
+    fit(*job)  # what it returns stays in the worker: the trained model is in the cache
+
+
 # %% ../nbs/02_easy_vae_pca.ipynb #e2f611a1
 def active_units(mu,  # posterior means, (n, latent_dim)
                  threshold: float = 0.01,  # variance across examples above which a dimension counts as used
@@ -589,11 +610,24 @@ PALETTE = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e
 def project_2d(Z,  # points, (n, d)
                method: str = 'tsne',  # 'tsne', 'umap' or 'pca'
                random_state: int = 0,  # seeds t-SNE / UMAP
+               cache=None,  # folder of projections: the same points, method and seed again are read from it
               ) -> np.ndarray:
     "A 2-D view of Z (t-SNE with PCA init, UMAP or PCA); Z itself when it is already 2-D."
     Z = np.asarray(Z, dtype=np.float32)
-    n = len(Z)
     if Z.shape[1] <= 2: return np.pad(Z, ((0, 0), (0, 2 - Z.shape[1])))
+    if cache is None: return _project(Z, method, random_state)
+    h = hashlib.sha256(f'{method}/{random_state}/{Z.shape}'.encode() + np.ascontiguousarray(Z).tobytes())
+    path = Path(cache)/f'{h.hexdigest()}.npy'
+    if path.is_file(): return np.load(path, allow_pickle=False)
+    xy = _project(Z, method, random_state)
+    def write(tmp):
+        with open(tmp, 'wb') as f: np.save(f, xy, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, write)
+    return xy
+
+def _project(Z, method, random_state):
+    n = len(Z)
     if method == 'tsne':
         from sklearn.manifold import TSNE
         return TSNE(2, perplexity=float(min(30, max(2, (n - 1) / 3))), init='pca', random_state=random_state).fit_transform(Z)
@@ -618,10 +652,11 @@ def latent_map(Z,  # latent points, (n, d)
                title: str = '',  # figure title
                random_state: int = 0,  # seeds the projection
                xy=None,  # a precomputed 2-D projection (skips `method`)
+               cache=None,  # folder of projections (see `project_2d`)
               ) -> go.Figure:
     "Scatter of a 2-D projection of Z, one panel per colouring, one legend entry per label."
     colorings = color if isinstance(color, dict) else {'label': color}
-    xy = project_2d(Z, method, random_state) if xy is None else np.asarray(xy)
+    xy = project_2d(Z, method, random_state, cache) if xy is None else np.asarray(xy)
     fig = make_subplots(1, len(colorings), subplot_titles=list(colorings) if isinstance(color, dict) else None,
                         horizontal_spacing=0.06)
     every = sorted({v for labels in colorings.values() for v in np.asarray(labels).tolist() if str(v) != '-1'}, key=str)

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from mmvae.core import (as_list, model_device, reconstruct, recon_error, standardize)
 from mmvae.core import (CLUSTERERS, MLPVAE, active_units, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
                         embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
-                        majority_rate, metric_bars, mlp, purity, reparameterize, save_figure, save_run_outputs,
+                        majority_rate, metric_bars, mlp, project_2d, purity, reparameterize, save_figure, save_run_outputs,
                         seed_everything, setup_plotly, summarize_runs, train_model, training_curves)
 
 limit_threads(1)
@@ -487,3 +487,15 @@ def test_embedder_passes_the_cache(X, tmp_path, monkeypatch):
     again = clone(emb).fit(X)
     np.testing.assert_array_equal(again.transform(X), Z)
     pd.testing.assert_frame_equal(again.history_, emb.history_)
+
+
+def test_projection_cache(X, tmp_path, monkeypatch):
+    import mmvae.core as core
+    xy = project_2d(X, 'tsne', 0, cache=tmp_path)  # miss: computed and stored
+    np.testing.assert_array_equal(xy, project_2d(X, 'tsne', 0))  # same as without a cache
+    assert [p.suffix for p in tmp_path.iterdir()] == ['.npy']
+    def no_projection(*a): raise AssertionError('projected although cached')
+    monkeypatch.setattr(core, '_project', no_projection)
+    np.testing.assert_array_equal(project_2d(X, 'tsne', 0, cache=tmp_path), xy)  # hit
+    for other in ((X, 'tsne', 1), (X, 'pca', 0), (X[:-1], 'tsne', 0)):  # another seed, method or data is computed
+        with pytest.raises(AssertionError, match='projected'): project_2d(*other, cache=tmp_path)

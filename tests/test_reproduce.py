@@ -1,11 +1,11 @@
 """`mmvae reproduce` end to end on a tiny demo profile, a failing notebook, and the docs preview in Chromium."""
-import json, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mmvae.analysis import NOTEBOOKS, ReproduceError, notebooks_dir, reproduce
+from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, latent_files, notebooks_dir, reproduce
 
 TOP = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -27,9 +27,34 @@ def test_cli_runs_every_notebook(tiny_run):
     summary = pd.read_csv(out/'results'/'summary.csv')
     assert {'task', 'representation', 'clusterer', 'nmi_mean', 'nmi_std'} <= set(summary.columns)
     assert set(summary['task']) == {'easy', 'medium', 'hard'}
-    assert 'Results (mean over seeds)' in stdout and 'Dataset' in stdout
+    assert 'Results (mean ± std over seeds' in stdout and '★' in stdout and 'Dataset' in stdout
     params = json.loads((out/'profile.json').read_text())
     assert params['profile'] == 'tiny' and params['seeds'] == [0]
+
+
+def test_explorer_on_a_run(tiny_run):
+    "The explorer's widgets: pick a space and a clusterer, click a song, list a cluster."
+    from html import escape
+    from plotly.callbacks import Points
+    from mmvae.data import load_manifest
+    out, _ = tiny_run
+    manifest = load_manifest(json.loads((out/'profile.json').read_text())['data_dir'])
+    box = explorer(out/'results', manifest, cache=out/'cache'/'maps')
+    (space, by), fig, (left, right) = box.children[0].children, box.children[1], box.children[2].children
+    (card, player), (group, members) = left.children, right.children
+    assert set(space.options) == set(latent_files(out/'results')) and len(space.options) >= 10
+    space.value = 'hard: tri_modal_vae'
+    assert by.options[0] == 'true mood' and 'kmeans' in by.options
+    by.value = 'kmeans'
+    xs = fig.data[0].x
+    assert len(xs) == len(manifest.dropna(subset=['audio_path'])) and set(fig.data[0].marker.color) <= set(range(5))
+    fig.data[0]._dispatch_on_click(Points(point_inds=[0], xs=[xs[0]], ys=[fig.data[0].y[0]], trace_name='', trace_index=0), None)
+    title = fig.data[0].text[0].split(' — ')[0]
+    assert f'<b>{escape(title)}</b>' in card.value and 'mood cluster' in card.value and 'predicted cluster' in card.value
+    sid = re.search(r'song (\S+) ·', card.value).group(1)
+    assert player.value == Path(manifest.set_index('id').loc[sid, 'audio_path']).read_bytes()  # its clip, ready to play
+    group.value = group.options[-1]
+    assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
 
 
 def test_failing_notebook_stops_the_run(tmp_path):
@@ -47,7 +72,7 @@ def test_failing_notebook_stops_the_run(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')
 def test_docs_preview_in_browser(tiny_run, tmp_path):
-    "Every preview page loads, every plotly figure draws, and the browser logs no error."
+    "Every preview page loads, every plotly figure draws (with plotly.js embedded, offline), and the browser logs no error."
     from playwright.sync_api import sync_playwright
     out, _ = tiny_run
     site = tmp_path/'site'
@@ -56,12 +81,17 @@ def test_docs_preview_in_browser(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     pages = sorted(site.glob('*.html'))
     assert {p.stem for p in pages} >= {'index', 'home', *NOTEBOOKS}
+    external = []
+    def stub(route):  # this machine is offline: the page template's CDN scripts (require.js, MathJax, the widget manager) are answered empty
+        external.append(route.request.url)
+        route.fulfill(status=200, body='', content_type='application/javascript')
     flags = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
              '--disable-sync', '--no-first-run']
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         for page_file in pages:
             page, errors = browser.new_page(), []
+            page.route(re.compile(r'^https?://'), stub)
             page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
             page.on('pageerror', lambda e: errors.append(str(e)))
             page.goto(page_file.as_uri(), wait_until='load')
@@ -74,3 +104,4 @@ def test_docs_preview_in_browser(tiny_run, tmp_path):
             page.close()
         browser.close()
     assert any(page_file.read_text().count('plotly-graph-div') for page_file in pages)  # figures were there to check
+    assert {u.split('/')[2] for u in external} <= {'cdnjs.cloudflare.com', 'unpkg.com'}  # plotly.js is embedded: figures need no network
