@@ -10,14 +10,15 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['TASK_FILES', 'LOWER_IS_BETTER', 'KEYS', 'PAPER_F1', 'NOTEBOOKS', 'PROFILES', 'load_runs', 'summary_table',
-           'mark_best', 'fast_nmi', 'is_baseline', 'bootstrap_vs_baseline', 'load_assignments', 'probe_table',
-           'latent_files', 'map_2d', 'slug', 'song_card', 'explorer', 'ReproduceError', 'notebooks_dir', 'reproduce',
-           'main', 'print_summary']
+           'mark_best', 'resampled_tables', 'nmi_of_tables', 'acc_of_tables', 'is_baseline', 'bootstrap_vs_baseline',
+           'load_assignments', 'probe_table', 'latent_files', 'map_2d', 'slug', 'song_card', 'explorer',
+           'ReproduceError', 'notebooks_dir', 'reproduce', 'main', 'print_summary']
 
 # %% ../nbs/05_analysis.ipynb #7d651d93
 import re, zlib
 import numpy as np
-from .core import METRICS, summarize_runs, hungarian_accuracy, metric_bars, project_2d, save_figure, setup_plotly
+from scipy.optimize import linear_sum_assignment
+from .core import METRICS, summarize_runs, metric_bars, project_2d, save_figure, setup_plotly
 
 # %% ../nbs/05_analysis.ipynb #294ff393
 TASK_FILES = {'easy': 'easy_task/clustering_metric.csv', 'medium': 'medium_task/clustering_metric.csv',
@@ -54,17 +55,33 @@ def mark_best(summary: pd.DataFrame, metrics=('acc', 'nmi', 'ari', 'purity')) ->
     return rows
 
 # %% ../nbs/05_analysis.ipynb #6cff818a
-def fast_nmi(a, b) -> float:
-    "NMI with arithmetic-mean normalisation (scikit-learn's default; noise -1 is one group, as in `evaluate`), from the contingency matrix."
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    c = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(c, (ai, bi), 1 / len(ai))
-    pa, pb = c.sum(1), c.sum(0)
-    nz = c > 0
-    mi = (c[nz] * np.log(c[nz] / np.outer(pa, pb)[nz])).sum()
-    ha, hb = -(pa * np.log(pa)).sum(), -(pb * np.log(pb)).sum()
-    return float(mi / ((ha + hb) / 2)) if ha + hb > 0 else 1.0
+def resampled_tables(y, labels, idx) -> np.ndarray:
+    "Contingency tables (resamples, classes, clusters) of classes `y` against cluster `labels` on each row of song indices `idx`."
+    _, yi = np.unique(y, return_inverse=True)
+    _, li = np.unique(labels, return_inverse=True)
+    ky, kl = yi.max() + 1, li.max() + 1
+    cells = np.arange(len(idx))[:, None] * (ky * kl) + (yi * kl + li)[idx]  # one bincount fills every table
+    return np.bincount(cells.ravel(), minlength=len(idx) * ky * kl).reshape(len(idx), ky, kl)
+
+def _xlogx(p): return np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.)
+
+def nmi_of_tables(t) -> np.ndarray:
+    "NMI of each contingency table, arithmetic-mean normalisation (scikit-learn's default; noise -1 is one group, as in `evaluate`)."
+    p = t / t.sum((1, 2), keepdims=True)
+    pa, pb = p.sum(2), p.sum(1)
+    mi = (_xlogx(p).sum((1, 2)) - _xlogx(pa).sum(1) - _xlogx(pb).sum(1))
+    h = -(_xlogx(pa).sum(1) + _xlogx(pb).sum(1)) / 2
+    return np.where(h > 0, mi / np.where(h > 0, h, 1), 1.)
+
+def acc_of_tables(t, clusters) -> np.ndarray:
+    "Hungarian accuracy of each table (columns: the sorted cluster values; a noise column -1 never counts, as in `hungarian_accuracy`)."
+    keep = np.asarray(clusters) != -1
+    if not keep.any(): return np.full(len(t), np.nan)
+    matched = []
+    for c in t[:, :, keep]:
+        rows, cols = linear_sum_assignment(c, maximize=True)
+        matched.append(c[rows, cols].sum())
+    return np.array(matched) / t.sum((1, 2))
 
 # %% ../nbs/05_analysis.ipynb #1affa57c
 def is_baseline(representation, clusterer) -> bool:
@@ -78,7 +95,10 @@ def bootstrap_vs_baseline(assignments: pd.DataFrame,  # id, representation, clus
                           seed: int = 0,  # resampling seed
                          ) -> pd.DataFrame:
     "Paired bootstrap over songs of each method against its task's PCA + K-Means."
-    score = {'nmi': fast_nmi, 'acc': hungarian_accuracy}[metric]
+    if metric not in ('nmi', 'acc'): raise ValueError(f"metric must be 'nmi' or 'acc', got {metric!r}")
+    def score(y, labels, idx):  # (n_boot,) scores of one run on every resample
+        t = resampled_tables(y, labels, idx)
+        return nmi_of_tables(t) if metric == 'nmi' else acc_of_tables(t, np.unique(labels))
     rows = []
     for task, a in assignments.groupby('task', sort=False):
         rng = np.random.default_rng([seed, zlib.crc32(task.encode())])  # a task's interval does not depend on the others
@@ -89,7 +109,7 @@ def bootstrap_vs_baseline(assignments: pd.DataFrame,  # id, representation, clus
         y = truth.loc[wide.index.astype(str)].to_numpy()
         idx = rng.integers(0, len(wide), (n_boot, len(wide)))
         def boot(cols):  # (n_boot,) metric averaged over seeds
-            return np.mean([[score(y[i], wide[c].to_numpy()[i]) for i in idx] for c in cols], axis=0)
+            return np.mean([score(y, wide[c].to_numpy(), idx) for c in cols], axis=0)
         base = boot(base_cols)
         for (rep, clu), cols in pd.Series(list(wide.columns)).groupby(lambda i: wide.columns[i][:2], sort=False):
             if is_baseline(rep, clu): continue

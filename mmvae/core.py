@@ -667,13 +667,13 @@ def latent_map(Z,  # latent points, (n, d)
         prefix = name.split()[0] if isinstance(color, dict) else ''
         for v in (v for v in every if v in set(labels.tolist())):
             sel = labels == v
-            fig.add_trace(go.Scattergl(x=xy[sel, 0], y=xy[sel, 1], mode='markers', name=_category_name(v, prefix).strip(),
+            fig.add_trace(go.Scatter(x=xy[sel, 0], y=xy[sel, 1], mode='markers', name=_category_name(v, prefix).strip(),
                                        legendgroup=name, legendgrouptitle_text=name if isinstance(color, dict) else None,
                                        marker=dict(size=7, color=col[v], line=dict(width=0.5, color='white')),
                                        hovertext=None if hover is None else np.asarray(hover)[sel]), 1, j)
         if (labels == -1).any() or (labels.astype(str) == '-1').any():
             sel = labels.astype(str) == '-1'
-            fig.add_trace(go.Scattergl(x=xy[sel, 0], y=xy[sel, 1], mode='markers', name='noise', legendgroup=name,
+            fig.add_trace(go.Scatter(x=xy[sel, 0], y=xy[sel, 1], mode='markers', name='noise', legendgroup=name,
                                        marker=dict(size=5, color='lightgrey'), hovertext=None if hover is None else np.asarray(hover)[sel]), 1, j)
     fig.update_xaxes(showticklabels=False, title_text=f'{method} 1' if Z.shape[1] > 2 else 'z0')
     fig.update_yaxes(showticklabels=False, title_text=f'{method} 2' if Z.shape[1] > 2 else 'z1')
