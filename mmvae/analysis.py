@@ -4,12 +4,13 @@
 
 # %% ../nbs/05_analysis.ipynb #b8020fdc
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['TASK_FILES', 'LOWER_IS_BETTER', 'KEYS', 'PAPER_F1', 'NOTEBOOKS', 'PROFILES', 'load_runs', 'summary_table',
+__all__ = ['TASK_FILES', 'LOWER_IS_BETTER', 'KEYS', 'PAPER_F1', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'load_runs', 'summary_table',
            'mark_best', 'resampled_tables', 'nmi_of_tables', 'acc_of_tables', 'is_baseline', 'bootstrap_vs_baseline',
            'load_assignments', 'probe_table', 'latent_files', 'map_2d', 'slug', 'song_card', 'explorer',
            'ReproduceError', 'notebooks_dir', 'reproduce', 'main', 'print_summary']
@@ -213,6 +214,7 @@ def explorer(results, manifest: pd.DataFrame,
 
 # %% ../nbs/05_analysis.ipynb #5f321351
 NOTEBOOKS = ('00_data', '01_features', '02_easy_vae_pca', '03_medium_hybrid', '04_hard_variants', '05_analysis')
+TASKS = ('02_easy_vae_pca', '03_medium_hybrid', '04_hard_variants')  # independent of each other: they may run at once
 PROFILES = {  # name → notebook parameters (+ demo dataset size, used when no --data is given)
     'tiny': dict(seeds=[0], epochs=2, demo_songs=30, demo_seconds=3.0),
     'demo': dict(seeds=[0, 1], epochs=30, demo_songs=100, demo_seconds=10.0),
@@ -237,6 +239,7 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
               only: list = None,  # notebook names or prefixes to run (default: all, in order)
               nbs: str = None,  # notebook folder (default: this checkout's nbs/)
               kernel: str = 'python3',  # Jupyter kernel
+              concurrent: int = 3,  # task notebooks (02-04) run at once, each in its own kernel; 1 → one after another
               **overrides,  # parameter values that replace the profile's
              ) -> Path:
     "Run the study's notebooks with papermill; return the results folder."
@@ -254,8 +257,9 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
     params |= dict(data_dir=str(root.resolve()), out_dir=str(out/'results'), cache_dir=str(cache))
     (out/'notebooks').mkdir(parents=True, exist_ok=True)
     (out/'profile.json').write_text(json.dumps(dict(profile=profile, **params), indent=1))
-    for name in (bar := tqdm(chosen, desc='notebooks', file=sys.stdout)):
-        bar.set_postfix_str(name)
+    failed = threading.Event()
+    def run(name):
+        if failed.is_set(): return None  # a notebook before it failed: queued ones never start
         src = nbs/f'{name}.ipynb'
         declared = pm.inspect_notebook(str(src))
         start = time.perf_counter()
@@ -263,8 +267,19 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
             pm.execute_notebook(str(src), str(out/'notebooks'/f'{name}.ipynb'), kernel_name=kernel, cwd=str(out),
                                 parameters={k: v for k, v in params.items() if k in declared}, progress_bar=False)
         except pm.PapermillExecutionError as e:
+            failed.set()
             raise ReproduceError(f"notebook {name} failed: {e.ename}: {e.evalue} (executed copy: {out/'notebooks'/f'{name}.ipynb'})") from None
-        tqdm.write(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stdout)
+        except BaseException:
+            failed.set(); raise
+        return time.perf_counter() - start
+    stages = [[n for n in chosen if n in TASKS], *([n] for n in chosen if n not in TASKS)]  # in notebook order, the tasks as one stage
+    stages = sorted((s for s in stages if s), key=lambda s: NOTEBOOKS.index(s[0]))
+    with tqdm(total=len(chosen), desc='notebooks', file=sys.stdout) as bar, ThreadPoolExecutor(max(1, concurrent)) as pool:
+        for stage in stages:  # a failure stops the run after the stage's running notebooks end
+            bar.set_postfix_str(', '.join(stage))
+            for name, job in zip(stage, [pool.submit(run, n) for n in stage]):
+                seconds = job.result()  # raises the notebook's failure
+                if seconds is not None: tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stdout); bar.update()
     return out/'results'
 
 # %% ../nbs/05_analysis.ipynb #74702302
@@ -279,6 +294,7 @@ def main(argv=None):
     r.add_argument('--only', nargs='+', help='notebooks to run, by name or prefix (e.g. 02 05)')
     r.add_argument('--seeds', type=int, nargs='+', help='override the profile seeds')
     r.add_argument('--epochs', type=int, help='override the profile epochs')
+    r.add_argument('--concurrent', type=int, default=3, help='task notebooks 02-04 run at once (default: 3; 1: one after another)')
     r.add_argument('--dask', metavar='ADDRESS', help='Dask scheduler to extract features on (e.g. tcp://host:8786)')
     s = sub.add_parser('summary', help='print the manifest summary of a dataset (default: the demo)')
     s.add_argument('--data', help='dataset folder (default: a generated demo dataset)')
@@ -290,7 +306,7 @@ def main(argv=None):
             print(summarize(load_manifest(resolve_data_dir(a.data, a.cache))).to_string())
             return 0
         over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs, dask_scheduler=a.dask).items() if v is not None}
-        results = reproduce(a.profile, a.data, a.out, a.only, **over)
+        results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, **over)
     except (ReproduceError, DatasetError) as e:
         print(f"mmvae: {e}", file=sys.stderr)
         return 1

@@ -70,6 +70,20 @@ def test_failing_notebook_stops_the_run(tmp_path):
     assert not (tmp_path/'run'/'notebooks'/'02_easy_vae_pca.ipynb').exists()  # stopped at the failure
 
 
+def test_failing_task_notebook_stops_the_queue(tmp_path):
+    "With the task notebooks run one after another, a failure in 02 means 03 never starts."
+    nbs = tmp_path/'nbs'
+    nbs.mkdir()
+    for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
+    nb = json.loads((nbs/'02_easy_vae_pca.ipynb').read_text())
+    nb['cells'].insert(1, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
+                           'source': 'raise RuntimeError("easy task exploded")'})
+    (nbs/'02_easy_vae_pca.ipynb').write_text(json.dumps(nb))
+    with pytest.raises(ReproduceError, match='notebook 02_easy_vae_pca failed: RuntimeError: easy task exploded'):
+        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['02', '03'], concurrent=1)
+    assert not (tmp_path/'run'/'notebooks'/'03_medium_hybrid.ipynb').exists()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')
 def test_docs_preview_in_browser(tiny_run, tmp_path):
     "Every preview page loads, every plotly figure draws (with plotly.js embedded, offline), and the browser logs no error."
