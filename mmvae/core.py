@@ -276,6 +276,9 @@ def _read_history(csv: Path, meta: Path) -> pd.DataFrame:
     hist.attrs.update(json.loads(meta.read_text())['attrs'])
     return hist
 
+class _NotCached(Exception): "`cached_training` met a training that is not in the cache while probing (see `train_parallel`)."
+_PROBING = {'on': False}
+
 def cached_training(model: nn.Module,  # initialised, untrained; trained (or loaded) in place
                     data: dict,  # name → array, what `train_fn` trains on
                     args: dict,  # everything else that decides the outcome (JSON-able values)
@@ -284,7 +287,9 @@ def cached_training(model: nn.Module,  # initialised, untrained; trained (or loa
                     device=None,  # where a loaded model goes; None → CUDA when available
                    ) -> pd.DataFrame:
     "`train_fn()`, unless `cache` holds this exact training (`training_key`): then load the weights and history instead."
-    if cache is None: return train_fn()
+    if cache is None:
+        if _PROBING['on']: raise _NotCached('no model cache')
+        return train_fn()
     device = torch.device(device) if device is not None else get_device()
     args = dict(args, device=device.type)
     cache, key = Path(cache), training_key(model, data, args)
@@ -297,6 +302,7 @@ def cached_training(model: nn.Module,  # initialised, untrained; trained (or loa
             return hist
         except Exception as e:  # a damaged entry is retrained and replaced, not fatal
             warnings.warn(f"model cache {pt}: unreadable ({e}); training again")
+    if _PROBING['on']: raise _NotCached(key)
     hist = train_fn()
     cache.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -351,14 +357,24 @@ def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. v
                    n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → nothing is done here
                    threads: int = 1,  # torch and BLAS threads in each worker
                   ):
-    "Run `fit(*job)` for every job in worker processes, to fill the model cache; the caller's own `fit` calls then load the models."
+    "Run `fit(*job)` for every job not yet in the model cache in worker processes; the caller's own `fit` calls then load the models."
+    if (n_jobs or os.cpu_count() or 1) <= 1 or torch.cuda.is_available(): return  # one GPU trains one model at a time best
+    jobs = [job for job in jobs if not _in_cache(fit, job)]  # a warm rerun starts no worker
     n_jobs = min(n_jobs or os.cpu_count() or 1, len(jobs))
-    if n_jobs <= 1 or torch.cuda.is_available(): return  # one GPU trains one model at a time best
+    if n_jobs <= 1: return
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
     work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
         delayed(_fit_in_worker)(fit, job, threads) for job in jobs)
     for _ in tqdm(work, total=len(jobs), desc=f'training ({n_jobs} processes)'): pass
+
+def _in_cache(fit, job) -> bool:
+    "Whether `fit(*job)` finds every model it trains in the cache (those are loaded, nothing is trained)."
+    _PROBING['on'] = True
+    try: fit(*job)
+    except _NotCached: return False
+    finally: _PROBING['on'] = False
+    return True
 
 def _fit_in_worker(fit, job, threads):
     limit_threads(threads)
