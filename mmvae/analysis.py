@@ -272,8 +272,10 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
         except BaseException:
             failed.set(); raise
         return time.perf_counter() - start
-    stages = [[n for n in chosen if n in TASKS], *([n] for n in chosen if n not in TASKS)]  # in notebook order, the tasks as one stage
-    stages = sorted((s for s in stages if s), key=lambda s: NOTEBOOKS.index(s[0]))
+    stages = []  # in notebook order; the task notebooks chosen form one stage
+    for n in chosen:
+        if stages and n in TASKS and stages[-1][0] in TASKS: stages[-1].append(n)
+        else: stages.append([n])
     with tqdm(total=len(chosen), desc='notebooks', file=sys.stdout) as bar, ThreadPoolExecutor(max(1, concurrent)) as pool:
         for stage in stages:  # a failure stops the run after the stage's running notebooks end
             bar.set_postfix_str(', '.join(stage))
