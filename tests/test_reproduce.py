@@ -57,14 +57,20 @@ def test_explorer_on_a_run(tiny_run):
     assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
 
 
-def test_failing_notebook_stops_the_run(tmp_path):
+def _notebooks_with_failure(tmp_path, name, position, message) -> Path:
+    "A copy of the notebooks in which notebook `name` raises RuntimeError(message) at cell `position`."
     nbs = tmp_path/'nbs'
     nbs.mkdir()
     for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
-    nb = json.loads((nbs/'01_features.ipynb').read_text())
-    nb['cells'].insert(2, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
-                           'source': 'raise RuntimeError("feature extraction exploded")'})
-    (nbs/'01_features.ipynb').write_text(json.dumps(nb))
+    nb = json.loads((nbs/f'{name}.ipynb').read_text())
+    nb['cells'].insert(position, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
+                                  'source': f'raise RuntimeError("{message}")'})
+    (nbs/f'{name}.ipynb').write_text(json.dumps(nb))
+    return nbs
+
+
+def test_failing_notebook_stops_the_run(tmp_path):
+    nbs = _notebooks_with_failure(tmp_path, '01_features', 2, 'feature extraction exploded')
     with pytest.raises(ReproduceError, match='notebook 01_features failed: RuntimeError: feature extraction exploded'):
         reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['00', '01', '02'])
     assert not (tmp_path/'run'/'notebooks'/'02_easy_vae_pca.ipynb').exists()  # stopped at the failure
@@ -72,13 +78,7 @@ def test_failing_notebook_stops_the_run(tmp_path):
 
 def test_failing_task_notebook_stops_the_queue(tmp_path):
     "With the task notebooks run one after another, a failure in 02 means 03 never starts."
-    nbs = tmp_path/'nbs'
-    nbs.mkdir()
-    for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
-    nb = json.loads((nbs/'02_easy_vae_pca.ipynb').read_text())
-    nb['cells'].insert(1, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
-                           'source': 'raise RuntimeError("easy task exploded")'})
-    (nbs/'02_easy_vae_pca.ipynb').write_text(json.dumps(nb))
+    nbs = _notebooks_with_failure(tmp_path, '02_easy_vae_pca', 1, 'easy task exploded')
     with pytest.raises(ReproduceError, match='notebook 02_easy_vae_pca failed: RuntimeError: easy task exploded'):
         reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['02', '03'], concurrent=1)
     assert not (tmp_path/'run'/'notebooks'/'03_medium_hybrid.ipynb').exists()
