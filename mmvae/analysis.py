@@ -240,10 +240,11 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
               nbs: str = None,  # notebook folder (default: this checkout's nbs/)
               kernel: str = 'python3',  # Jupyter kernel
               concurrent: int = 3,  # task notebooks (02-04) run at once, each in its own kernel; 1 → one after another
+              checks: bool = False,  # also run the cells tagged `check` (self-checks of the code)
               **overrides,  # parameter values that replace the profile's
              ) -> Path:
     "Run the study's notebooks with papermill; return the results folder."
-    import papermill as pm
+    import nbformat, papermill as pm
     from tqdm.auto import tqdm
     from mmvae.data import demo_dataset, find_dataset_root
     if profile not in PROFILES: raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -262,9 +263,11 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
         if failed.is_set(): return None  # a notebook before it failed: queued ones never start
         src = nbs/f'{name}.ipynb'
         declared = pm.inspect_notebook(str(src))
+        nb = nbformat.read(src, as_version=4)
+        if not checks: nb.cells = [c for c in nb.cells if 'check' not in c.metadata.get('tags', [])]
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(src), str(out/'notebooks'/f'{name}.ipynb'), kernel_name=kernel, cwd=str(out),
+            pm.execute_notebook(nb, str(out/'notebooks'/f'{name}.ipynb'), kernel_name=kernel, cwd=str(out),
                                 parameters={k: v for k, v in params.items() if k in declared}, progress_bar=False)
         except pm.PapermillExecutionError as e:
             failed.set()
@@ -297,6 +300,7 @@ def main(argv=None):
     r.add_argument('--seeds', type=int, nargs='+', help='override the profile seeds')
     r.add_argument('--epochs', type=int, help='override the profile epochs')
     r.add_argument('--concurrent', type=int, default=3, help='task notebooks 02-04 run at once (default: 3; 1: one after another)')
+    r.add_argument('--checks', action='store_true', help="also run the notebooks' self-checks of the code (cells tagged check)")
     r.add_argument('--dask', metavar='ADDRESS', help='Dask scheduler to extract features on (e.g. tcp://host:8786)')
     s = sub.add_parser('summary', help='print the manifest summary of a dataset (default: the demo)')
     s.add_argument('--data', help='dataset folder (default: a generated demo dataset)')
@@ -308,7 +312,7 @@ def main(argv=None):
             print(summarize(load_manifest(resolve_data_dir(a.data, a.cache))).to_string())
             return 0
         over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs, dask_scheduler=a.dask).items() if v is not None}
-        results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, **over)
+        results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, checks=a.checks, **over)
     except (ReproduceError, DatasetError) as e:
         print(f"mmvae: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
-import copy, hashlib, json, os, random, warnings
+import copy, hashlib, json, os, random, shutil, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -277,7 +277,7 @@ def _read_history(csv: Path, meta: Path) -> pd.DataFrame:
     return hist
 
 class _NotCached(Exception): "`cached_training` met a training that is not in the cache while probing (see `train_parallel`)."
-_PROBING = {'on': False}
+_PROBING = {'on': False}  # set by `_probe`: misses raise `_NotCached` instead of training (a dict: notebook-defined trainers pickle with it)
 
 def cached_training(model: nn.Module,  # initialised, untrained; trained (or loaded) in place
                     data: dict,  # name → array, what `train_fn` trains on
@@ -354,27 +354,31 @@ def reconstruct(model: nn.Module,  # has encode(**batch) -> (mu, logvar) and dec
 # %% ../nbs/02_easy_vae_pca.ipynb #017473a5
 def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. via `train_model(..., cache=...)`)
                    jobs: list,  # argument tuples, one per model (e.g. (name, seed))
-                   n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → nothing is done here
+                   n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → all in this process
                    threads: int = 1,  # torch and BLAS threads in each worker
-                  ):
-    "Run `fit(*job)` for every job not yet in the model cache in worker processes; the caller's own `fit` calls then load the models."
-    if (n_jobs or os.cpu_count() or 1) <= 1 or torch.cuda.is_available(): return  # one GPU trains one model at a time best
-    jobs = [job for job in jobs if not _in_cache(fit, job)]  # a warm rerun starts no worker
-    n_jobs = min(n_jobs or os.cpu_count() or 1, len(jobs))
-    if n_jobs <= 1: return
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-    work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
-        delayed(_fit_in_worker)(fit, job, threads) for job in jobs)
-    for _ in tqdm(work, total=len(jobs), desc=f'training ({n_jobs} processes)'): pass
+                  ) -> dict:
+    "`{job: fit(*job)}` for every job; those not yet in the model cache first train at once in worker processes, so here they are loaded."
+    jobs, n_jobs, done = [tuple(job) for job in jobs], n_jobs or os.cpu_count() or 1, {}
+    if n_jobs > 1 and not torch.cuda.is_available():  # on a GPU the models train one after the other, here
+        done = {job: r for job in jobs if (r := _probe(fit, job)) is not _MISS}  # a warm rerun starts no worker
+        todo = [job for job in jobs if job not in done]
+        if min(n_jobs, len(todo)) > 1:
+            from joblib import Parallel, delayed
+            from tqdm.auto import tqdm
+            n_jobs = min(n_jobs, len(todo))
+            work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
+                delayed(_fit_in_worker)(fit, job, threads) for job in todo)
+            for _ in tqdm(work, total=len(todo), desc=f'training ({n_jobs} processes)'): pass
+    return {job: done[job] if job in done else fit(*job) for job in jobs}
 
-def _in_cache(fit, job) -> bool:
-    "Whether `fit(*job)` finds every model it trains in the cache (those are loaded, nothing is trained)."
+_MISS = object()
+
+def _probe(fit, job):
+    "`fit(*job)` when every model it trains is in the cache (then loaded, nothing trained), else `_MISS`."
     _PROBING['on'] = True
-    try: fit(*job)
-    except _NotCached: return False
+    try: return fit(*job)
+    except _NotCached: return _MISS
     finally: _PROBING['on'] = False
-    return True
 
 def _fit_in_worker(fit, job, threads):
     limit_threads(threads)
@@ -791,18 +795,26 @@ def _png_failed(e):
 def save_figure(fig: go.Figure,  # the figure
                 path,  # file path without suffix; folders are created
                 png: bool = True,  # also write a PNG (when kaleido and Chromium work)
+                cache=None,  # folder of rendered PNGs: the same figure again is copied from it
                ) -> list[Path]:
     "Write `path.html` (and `path.png`); return the files written."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix('.html')]
+    out, image = [path.with_suffix('.html')], path.with_suffix('.png')
     fig.write_html(out[0], include_plotlyjs='directory', full_html=True)
-    if png and _png_ready():
+    if not png: return out
+    kept = Path(cache)/f'{hashlib.sha256(fig.to_json().encode()).hexdigest()}.png' if cache is not None else None
+    if kept is not None and kept.is_file():
+        shutil.copyfile(kept, image); out.append(image)
+    elif _png_ready():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # kaleido: "kopts ignored when using a server"
-                fig.write_image(path.with_suffix('.png'), scale=2)
-            out.append(path.with_suffix('.png'))
+                fig.write_image(image, scale=2)
+            out.append(image)
         except Exception as e: _png_failed(e)
+        if kept is not None and image in out:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(kept, lambda tmp: shutil.copyfile(image, tmp))
     return out
 
 # %% ../nbs/02_easy_vae_pca.ipynb #839b6395

@@ -30,6 +30,8 @@ def test_cli_runs_every_notebook(tiny_run):
     assert 'Results (mean ± std over seeds' in stdout and '★' in stdout and 'Dataset' in stdout
     params = json.loads((out/'profile.json').read_text())
     assert params['profile'] == 'tiny' and params['seeds'] == [0]
+    checks = lambda p: sum('check' in c['metadata'].get('tags', []) for c in json.loads(p.read_text())['cells'])
+    assert sum(map(checks, notebooks_dir().glob('0*.ipynb'))) >= 3 and sum(map(checks, (out/'notebooks').glob('*.ipynb'))) == 0
 
 
 def test_explorer_on_a_run(tiny_run):
