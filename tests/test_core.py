@@ -1,5 +1,5 @@
 """mmvae.core: VAE building blocks and training, clustering and metrics, figures."""
-import os, warnings
+import hashlib, os, warnings
 
 import numpy as np
 import pandas as pd
@@ -499,3 +499,16 @@ def test_projection_cache(X, tmp_path, monkeypatch):
     np.testing.assert_array_equal(project_2d(X, 'tsne', 0, cache=tmp_path), xy)  # hit
     for other in ((X, 'tsne', 1), (X, 'pca', 0), (X[:-1], 'tsne', 0)):  # another seed, method or data is computed
         with pytest.raises(AssertionError, match='projected'): project_2d(*other, cache=tmp_path)
+
+
+def test_save_figure_png_cache(tmp_path, monkeypatch):
+    "A figure rendered before is copied from the PNG cache (no kaleido needed); a changed figure is not."
+    import mmvae.core as core
+    cache, fig = tmp_path/'png', confusion([1, 2, 2], [0, 1, 1])
+    key = hashlib.sha256(fig.to_json().encode()).hexdigest()
+    cache.mkdir(); (cache/f'{key}.png').write_bytes(b'rendered before')
+    monkeypatch.setitem(core._PNG, 'ok', False)  # PNG export unavailable from here on
+    files = save_figure(fig, tmp_path/'a', cache=cache)
+    assert [f.name for f in files] == ['a.html', 'a.png'] and files[1].read_bytes() == b'rendered before'
+    changed = confusion([1, 2, 2], [0, 0, 1])
+    assert [f.name for f in save_figure(changed, tmp_path/'b', cache=cache)] == ['b.html']
