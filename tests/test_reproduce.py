@@ -65,7 +65,7 @@ def _notebooks_with_failure(tmp_path, name, position, message) -> Path:
     nbs.mkdir()
     for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
     nb = json.loads((nbs/f'{name}.ipynb').read_text())
-    nb['cells'].insert(position, {'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None,
+    nb['cells'].insert(position, {'cell_type': 'code', 'id': 'failing', 'metadata': {}, 'outputs': [], 'execution_count': None,
                                   'source': f'raise RuntimeError("{message}")'})
     (nbs/f'{name}.ipynb').write_text(json.dumps(nb))
     return nbs
