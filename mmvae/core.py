@@ -357,7 +357,7 @@ def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. v
                    n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → all in this process
                    threads: int = 1,  # torch and BLAS threads in each worker
                   ) -> dict:
-    "`{job: fit(*job)}` for every job; those not yet in the model cache first train at once in worker processes, so here they are loaded."
+    "`{job: fit(*job)}` for every job; on a CPU with `n_jobs` > 1, jobs not yet in the model cache first train at once in worker processes, so here they are loaded."
     jobs, n_jobs, done = [tuple(job) for job in jobs], n_jobs or os.cpu_count() or 1, {}
     if n_jobs > 1 and not torch.cuda.is_available():  # on a GPU the models train one after the other, here
         done = {job: r for job in jobs if (r := _probe(fit, job)) is not _MISS}  # a warm rerun starts no worker
