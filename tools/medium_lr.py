@@ -6,6 +6,7 @@ validation loss. No mood label is read. The models go to the run folder's model 
 `mmvae reproduce --profile full` run into the same folder trained already are loaded, not retrained.
 
     python tools/medium_lr.py --data ../shared/mirex-dev/dataset --out runs/real
+    python tools/medium_lr.py --data W/data/demo-n_songs903-seconds30.0-seed0 --out W/run   # after python bench/reproduce.py --work W
 """
 import argparse
 from pathlib import Path
