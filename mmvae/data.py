@@ -4,24 +4,31 @@
 
 # %% ../nbs/00_data.ipynb #b82ec7d0
 from __future__ import annotations
-import io, json, os, re, shutil, warnings
+import io, json, os, re, shutil, stat, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['MODALITIES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'CLUSTER_SIZES', 'CLUSTER_TAGS', 'MOODS', 'SCALES',
-           'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'DatasetError', 'MediaError',
-           'find_dataset_root', 'decode_text', 'read_lines', 'parse_clusters', 'read_info_csv', 'load_manifest',
-           'read_audio', 'read_lyrics', 'read_midi', 'summarize', 'make_demo_dataset', 'demo_dataset',
-           'resolve_data_dir', 'clip_seconds']
+__all__ = ['MODALITIES', 'FOLDER_ALIASES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'SKIPPED_COLUMNS',
+           'SKIPPED_MODALITIES', 'LYRICS_MAX_BYTES', 'BINARY_SHARE', 'MARKUP_SHARE', 'CLUSTER_SIZES', 'CLUSTER_TAGS',
+           'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'DatasetError', 'MediaError',
+           'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text', 'read_lines', 'parse_clusters',
+           'read_info_csv', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi', 'summarize', 'make_demo_dataset',
+           'demo_dataset', 'resolve_data_dir', 'clip_seconds']
 
 # %% ../nbs/00_data.ipynb #482c0635
 MODALITIES = {'audio': 'Audio', 'lyrics': 'Lyrics', 'midi': 'MIDIs'}  # modality → folder
-SUFFIXES = {'audio': ('.mp3', '.wav', '.flac', '.ogg'), 'lyrics': ('.txt',), 'midi': ('.mid', '.midi')}
+FOLDER_ALIASES = {'audio': ('audio',), 'lyrics': ('lyrics', 'lyric'), 'midi': ('midis', 'midi')}  # folder names, in any case
+SUFFIXES = {'audio': ('.mp3', '.wav', '.flac', '.ogg'), 'lyrics': ('.txt',), 'midi': ('.mid', '.midi')}  # in order of preference
 LABEL_FILES = ('clusters.txt', 'categories.txt')
 INFO_CSV = 'dataset info.csv'
 N_CLUSTERS = 5
+SKIPPED_COLUMNS = ('id', 'modality', 'path', 'reason')  # one row per input the data layer left out
+SKIPPED_MODALITIES = ('audio', 'lyrics', 'midi', 'metadata')
+LYRICS_MAX_BYTES = 256 * 1024  # bytes read per lyrics file: ~50× the longest lyrics of the real subset (4,966 bytes)
+BINARY_SHARE = 0.05  # text with this share of control characters or more is binary data
+MARKUP_SHARE = 0.2  # lyrics with this share of their characters inside tags or more are a markup page
 
 class DatasetError(ValueError):
     "The dataset folder is not laid out as the MIREX emotion dataset."
@@ -29,12 +36,22 @@ class DatasetError(ValueError):
 class MediaError(ValueError):
     "A media file (audio, lyrics, MIDI) could not be read."
 
+def manifest_skipped(manifest: pd.DataFrame) -> pd.DataFrame:
+    "The inputs `load_manifest` left out, columns `id, modality, path, reason` (empty when the manifest carries none, e.g. read from CSV)."
+    return pd.DataFrame(list(manifest.attrs.get('skipped', ())), columns=list(SKIPPED_COLUMNS), dtype=object)
+
+def _as_records(skipped: list[dict]) -> tuple:
+    "The skipped items as `(id, modality, path, reason)` tuples, what `attrs` holds (a DataFrame there breaks pandas' concat and merge)."
+    return tuple(tuple(s[c] for c in SKIPPED_COLUMNS) for s in skipped)
+
 # %% ../nbs/00_data.ipynb #54ba2173
 def find_dataset_root(path) -> Path:  # the download folder or its `dataset/` child
     "The folder that holds the label files: `path` itself or its `dataset/` child."
     p = Path(path).expanduser()
     if not p.is_dir(): raise DatasetError(f"dataset folder {p} does not exist")
-    for cand in (p, p/'dataset'):
+    try: children = sorted(c for c in p.iterdir() if c.name.lower() == 'dataset' and c.is_dir())
+    except OSError as e: raise DatasetError(f"cannot list dataset folder {p}: {e.strerror or e}") from None
+    for cand in (p, *children):
         if all((cand/f).is_file() for f in LABEL_FILES): return cand
     missing = [f for f in LABEL_FILES if not (p/f).is_file()]
     raise DatasetError(f"{p} does not look like the MIREX emotion dataset: {', '.join(missing)} missing "
@@ -42,19 +59,38 @@ def find_dataset_root(path) -> Path:  # the download folder or its `dataset/` ch
                        f"{', '.join(f + '/' for f in MODALITIES.values())})")
 
 # %% ../nbs/00_data.ipynb #97b7664a
+_CONTROL = re.compile(r'[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]')  # control characters other than tab, newlines, form feed
+_CP1252_UNDEFINED = {0xDC00 + b: b for b in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}  # surrogate-escaped byte → its Latin-1 character
+
+def control_share(text: str) -> float:
+    "Share of the characters of `text` that are control characters (tab, newlines and form feed excepted)."
+    return len(_CONTROL.findall(text)) / len(text) if text else 0.0
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    "The text of BOM-less UTF-16 (NULs in most odd positions: LE; even: BE) when it decodes and reads as text, else None."
+    even, odd = raw[0:4096:2], raw[1:4096:2]
+    if len(odd) < 2: return None
+    for enc, zeros, other in (('utf-16-le', odd, even), ('utf-16-be', even, odd)):
+        if zeros.count(0) >= .3 * len(zeros) and other.count(0) <= .05 * len(other):
+            try: text = raw[:len(raw) // 2 * 2].decode(enc)
+            except UnicodeDecodeError: return None
+            return text if control_share(text) < BINARY_SHARE else None
+    return None
+
 def decode_text(raw: bytes) -> str:
-    "Decode bytes as UTF-8 (with or without BOM) or UTF-16 (with BOM), falling back to Windows-1252, then Latin-1."
-    if raw.startswith((b'\xff\xfe', b'\xfe\xff')): return raw.decode('utf-16', errors='replace')
+    "Decode bytes as UTF-8 (with or without BOM) or UTF-16 (with BOM, or without one when it reads as text), else as Windows-1252."
+    if raw.startswith((b'\xff\xfe', b'\xfe\xff')): return raw[:len(raw) // 2 * 2].decode('utf-16', errors='replace')
     if raw.startswith(b'\xef\xbb\xbf'): return raw[3:].decode('utf-8', errors='replace')
-    for enc in ('utf-8', 'cp1252'):
-        try: return raw.decode(enc)
-        except UnicodeDecodeError: pass
-    return raw.decode('latin-1')
+    if (text := _utf16_without_bom(raw)) is not None: return text
+    try: return raw.decode('utf-8')
+    except UnicodeDecodeError: return raw.decode('cp1252', errors='surrogateescape').translate(_CP1252_UNDEFINED)
 
 # %% ../nbs/00_data.ipynb #c0f31516
 def read_lines(path) -> list[str]:
     "Non-empty stripped lines of a text file, trailing blank lines dropped."
-    lines = [l.strip() for l in decode_text(Path(path).read_bytes()).splitlines()]
+    try: raw = Path(path).read_bytes()
+    except OSError as e: raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = [l.strip() for l in decode_text(raw).splitlines()]
     while lines and not lines[-1]: lines.pop()
     return lines
 
@@ -69,30 +105,62 @@ def parse_clusters(lines, path) -> list[int]:
     return out
 
 # %% ../nbs/00_data.ipynb #67b7c715
+_FILENAME = re.compile(r'\s*(\d+)\.([A-Za-z0-9]+)\s*')  # a song file name: `001.mp3`, `1.mp3`
+
 def _split_info_line(line: str, header: list[str]) -> list[str]:
-    "Fields of one info-CSV line; a title with an unescaped `;` is joined back together."
+    "Fields of one info-CSV line, a title with an unescaped `;` joined back together; a ValueError says why a line cannot be split."
     f = line.split(';')
     if f and f[-1] == '': f = f[:-1]
-    extra = len(f) - len(header)
-    if extra > 0:  # the file neither quotes nor escapes: anchor on the filename, merge the surplus into the title
-        fi = header.index('Filename')
-        j = max(i for i, x in enumerate(f) if re.fullmatch(r'\s*\d+\.\w+\s*', x))
+    fi = header.index('Filename')
+    if len(f) > len(header):  # the file neither quotes nor escapes: anchor on the filename, merge the surplus into the title
+        names = [i for i, x in enumerate(f) if _FILENAME.fullmatch(x)]
+        if not names or names[-1] < fi: raise ValueError(f"{len(f)} fields for {len(header)} columns and no file name where one belongs")
+        j = names[-1]
         lead = j - fi
         f = [';'.join(f[:lead + 1])] + f[lead + 1:j + 1] + [';'.join(f[j + 1:])] * (len(header) > fi + 1)
     return f + [''] * (len(header) - len(f))
 
-def read_info_csv(path) -> pd.DataFrame:
-    "The metadata table as a DataFrame indexed by song id, with numeric `size_kb`, `year` and dates."
-    lines = [l for l in decode_text(Path(path).read_bytes()).splitlines() if l.strip()]
-    header = [h.strip() for h in lines[0].split(';') if h.strip()] if lines else []
-    if 'Filename' not in header: raise DatasetError(f"{path}: no Filename column (header: {lines[0] if lines else 'empty file'!r})")
-    rows = []
-    for n, l in enumerate(lines[1:], 2):
-        try: rows.append(_split_info_line(l, header))
-        except ValueError: raise DatasetError(f"{path}, line {n}: {len(l.split(';'))} fields and no file name: {l[:80]!r}") from None
-    df = pd.DataFrame(rows, columns=header)
-    df.columns = [c.lower().replace(' ', '_') for c in df.columns]
-    df['id'] = df['filename'].str.strip().str.rsplit('.', n=1).str[0]
+# %% ../nbs/00_data.ipynb #0181c5e4
+def _guess_id(line: str, width: int) -> str:
+    "The song id of the last field of `line` that looks like a song file name ('' when none does)."
+    names = [m[1] for x in line.split(';') if (m := _FILENAME.fullmatch(x))]
+    return f'{int(names[-1]):0{width}d}' if names else ''
+
+def read_info_csv(path,  # the `dataset info.csv` file
+                  ids=None,  # song ids of the label files; None: any id is accepted
+                 ) -> pd.DataFrame:
+    "The metadata indexed by song id; rows that match no song are left out and listed, with file and line, in `attrs['skipped']`."
+    path, skipped, rows, sids, first = Path(path), [], [], [], {}
+    ids = None if ids is None else list(ids)
+    width, known = len(ids[0]) if ids else 3, set(ids or ())
+    def skip(reason, sid=''): skipped.append(dict(id=sid, modality='metadata', path=str(path), reason=reason))
+    try: text = decode_text(path.read_bytes())
+    except OSError as e: text = None; skip(f"cannot read {path}: {e.strerror or e}: metadata ignored (no titles, artists or years)")
+    lines = [(n, l) for n, l in enumerate(re.split(r'\r\n|\r|\n', text or ''), 1) if l.strip()]
+    header = [h.strip() for h in lines[0][1].split(';')] if lines else []
+    while header and not header[-1]: header.pop()
+    header = ['Filename' if re.sub(r'[\s_]', '', h.lower()) == 'filename' else h or f'column {k + 1}' for k, h in enumerate(header)]
+    if text is not None and 'Filename' not in header:
+        skip(f"{path}: " + (f"no Filename column in the header {lines[0][1][:120]!r}" if lines else 'empty file')
+             + ": metadata ignored (no titles, artists or years)")
+    for n, l in lines[1:] if 'Filename' in header else ():
+        where, fields = f"{path}, line {n}", l.split(';')
+        n_fields = len(fields) - (fields[-1] == '')
+        short = f" ({n_fields} of {len(header)} fields)" if n_fields < len(header) else ''
+        try: f = _split_info_line(l, header)
+        except ValueError as e: skip(f"{where}: {e}: {l[:80]!r}", _guess_id(l, width)); continue
+        name = f[header.index('Filename')].strip()
+        m = _FILENAME.fullmatch(name)
+        if not m and n_fields != len(header) and (guess := _guess_id(l, width)):
+            skip(f"{where}: {n_fields} fields for {len(header)} columns, the file name out of its column (a field lost or added): {l[:80]!r}", guess); continue
+        if not name: skip(f"{where}: no Filename field{short}: {l[:80]!r}", _guess_id(l, width)); continue
+        if not m: skip(f"{where}: malformed Filename {name!r}, not a song file name like '001.mp3'{short}: {l[:80]!r}", _guess_id(l, width)); continue
+        sid = f'{int(m[1]):0{width}d}'
+        if ids is not None and sid not in known:
+            skip(f"{where}: song {sid} ({name}) is not in the label files" + (f" (songs {ids[0]} to {ids[-1]})" if ids else ''), sid); continue
+        if sid in first: skip(f"{where}: song {sid} is listed again (first on line {first[sid]}): the first row is kept", sid); continue
+        first[sid] = n; rows.append(f); sids.append(sid)
+    df = pd.DataFrame(rows, columns=[c.lower().replace(' ', '_') for c in header], index=pd.Index(sids, name='id', dtype=object))
     if 'size' in df:
         df['size_kb'] = pd.to_numeric(df.pop('size').str.replace('KB', '').str.strip().str.replace(',', '.'), errors='coerce')
     if 'year' in df:
@@ -101,19 +169,61 @@ def read_info_csv(path) -> pd.DataFrame:
         if c in df: df[c] = pd.to_numeric(df[c], errors='coerce').astype('Int64')
     if 'last_modified' in df: df['last_modified'] = pd.to_datetime(df['last_modified'], format='%d-%m-%Y', errors='coerce')
     if 'genre' in df: df['genre'] = df['genre'].str.strip().replace('', pd.NA)
-    return df.set_index('id')
+    if 'Filename' not in header or text is None: warnings.warn(skipped[0]['reason'])
+    elif skipped:
+        warnings.warn(f"{path}: {len(skipped)} row(s) match no song and are left out; the songs keep their labels and media, with blank "
+                      "metadata: " + '; '.join(s['reason'] for s in skipped[:3]) + (' ...' if len(skipped) > 3 else ''))
+    df.attrs['skipped'] = _as_records(skipped)
+    return df
 
 # %% ../nbs/00_data.ipynb #23bfea78
-def _media_index(root: Path, modality: str) -> dict[str, Path]:
-    "Map song id → file for one modality folder (missing folder → empty)."
-    folder = root/MODALITIES[modality]
-    if not folder.is_dir(): return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SUFFIXES[modality]}
+def _song_id(stem: str, width: int) -> str:
+    "The zero-padded song id of a file stem (`1` → `001`); other stems are kept as they are."
+    return f'{int(stem):0{width}d}' if re.fullmatch(r'[0-9]+', stem) else stem
+
+def _media_folders(root: Path, modality: str) -> list[Path]:
+    "The folders holding one modality: its usual name first, then the other spellings of `FOLDER_ALIASES` in any case."
+    try: found = [p for p in root.iterdir() if p.name.lower() in FOLDER_ALIASES[modality] and p.is_dir()]
+    except OSError as e: raise DatasetError(f"cannot list dataset folder {root}: {e.strerror or e}") from None
+    return sorted(found, key=lambda p: (p.name != MODALITIES[modality], p.name))
+
+def _media_index(root: Path, modality: str, ids: list[str]) -> tuple[dict[str, Path], list[dict]]:
+    "Map song id → file for one modality, and the files left out, each with a reason naming it."
+    width, known, rank = len(ids[0]), set(ids), {s: k for k, s in enumerate(SUFFIXES[modality])}
+    index, skipped, found = {}, [], []
+    def skip(sid, p, reason): skipped.append(dict(id=sid, modality=modality, path=str(p), reason=reason))
+    for k, folder in enumerate(_media_folders(root, modality)):
+        try: entries = list(folder.iterdir())
+        except OSError as e: skip('', folder, f"cannot list {folder}: {e.strerror or e}: no {modality} read from it"); continue
+        for p in entries:
+            suffix = p.suffix.lower()
+            if p.name.startswith('.') or (suffix not in rank and not re.fullmatch(r'[0-9]+', p.stem)): continue  # not media
+            found.append((_song_id(p.stem, width), k, rank.get(suffix, len(rank)), p.name, p))
+    for sid, _, r, _, p in sorted(found):
+        if sid not in known: skip(sid, p, f"{p} has no line in the label files (songs {ids[0]} to {ids[-1]}): ignored"); continue
+        if r == len(rank): skip(sid, p, f"{p} is not {dict(audio='an audio', lyrics='a lyrics', midi='a MIDI')[modality]} file this loader reads ({', '.join(SUFFIXES[modality])})"); continue
+        try: st = p.stat()
+        except OSError as e:
+            skip(sid, p, f"{p} is a broken symbolic link (to {os.readlink(p)})" if p.is_symlink()
+                 else f"{p} cannot be examined: {e.strerror or type(e).__name__}"); continue
+        if not stat.S_ISREG(st.st_mode): skip(sid, p, f"{p} is not a regular file"); continue
+        if st.st_size == 0: skip(sid, p, f"{p} is empty (0 bytes)"); continue
+        if not os.access(p, os.R_OK): skip(sid, p, f"{p} is not readable (permission denied)"); continue
+        if sid in index: skip(sid, p, f"{p} is a duplicate of {index[sid]} (song {sid}): ignored, the first in {', '.join(SUFFIXES[modality])} order is used"); continue
+        index[sid] = p
+    return index, skipped
+
+# %% ../nbs/00_data.ipynb #a0d222a2
+def _info_csv(root: Path) -> Path | None:
+    "The metadata table of the dataset: `dataset info.csv`, its name in any case."
+    if (root/INFO_CSV).is_file(): return root/INFO_CSV
+    return next((p for p in sorted(root.iterdir()) if p.name.lower() == INFO_CSV and p.is_file()), None)
 
 def load_manifest(path) -> pd.DataFrame:  # dataset folder (download or `dataset/` child)
-    "One row per song listed in `clusters.txt`: labels, metadata, a path per modality (or None) and problems."
+    "One row per song of `clusters.txt`: labels, metadata, a path per modality (or None) and problems; `attrs['skipped']` lists what was left out."
     root = find_dataset_root(path)
     clusters = parse_clusters(read_lines(root/'clusters.txt'), root/'clusters.txt')
+    if not clusters: raise DatasetError(f"{root/'clusters.txt'} lists no songs")
     categories = read_lines(root/'categories.txt')
     if len(categories) != len(clusters):
         raise DatasetError(f"label files disagree: {root/'clusters.txt'} has {len(clusters)} lines but "
@@ -121,77 +231,135 @@ def load_manifest(path) -> pd.DataFrame:  # dataset folder (download or `dataset
     width = max(3, len(str(len(clusters))))
     ids = [f'{i:0{width}d}' for i in range(1, len(clusters) + 1)]
     df = pd.DataFrame({'id': ids, 'cluster': clusters, 'category': categories}).set_index('id')
-    if (root/INFO_CSV).is_file():
-        info = read_info_csv(root/INFO_CSV)
-        if not info.index.is_unique:
-            raise DatasetError(f"{root/INFO_CSV} lists song(s) {', '.join(info.index[info.index.duplicated()][:5])} more than once")
-        if len(info) != len(df) or not info.index.isin(df.index).all():
-            extra = [i for i in info.index if i not in df.index][:5]
-            raise DatasetError(f"{root/INFO_CSV} lists {len(info)} songs but {root/'clusters.txt'} has {len(df)}"
-                               + (f"; ids not in the label files: {', '.join(extra)}" if extra else ''))
-        df = df.join(info.drop(columns=['filename'], errors='ignore'))
-    else: warnings.warn(f"{root/INFO_CSV} not found: no titles, artists or years")
+    skipped, csv = [], _info_csv(root)
+    if csv is None: warnings.warn(f"{root/INFO_CSV} not found: no titles, artists or years")
+    else:
+        info = read_info_csv(csv, ids)
+        bad = manifest_skipped(info).to_dict('records'); del info.attrs['skipped']
+        skipped += bad
+        if 'filename' in info:
+            missing = [i for i in ids if i not in info.index and i not in {s['id'] for s in bad}]
+            if missing: warnings.warn(f"{csv} has no row for {len(missing)} of {len(ids)} songs ({', '.join(missing[:5])}"
+                                      f"{' ...' if len(missing) > 5 else ''}): their metadata is blank")
+        reserved = {'id', 'cluster', 'category', 'problems', *(f'{m}_path' for m in MODALITIES)}
+        info = info.drop(columns=['filename'], errors='ignore')
+        df = df.join(info.rename(columns={c: f'info_{c}' for c in info.columns if c in reserved}))
     problems = {i: [] for i in ids}
     for m, folder in MODALITIES.items():
-        index = _media_index(root, m)
-        if not (root/folder).is_dir(): warnings.warn(f"{root/folder} not found: no {m} for any song")
+        index, left_out = _media_index(root, m, ids)
+        if not _media_folders(root, m): warnings.warn(f"{root/folder} not found (in any spelling): no {m} for any song")
         df[f'{m}_path'] = [str(index[i]) if i in index else None for i in ids]
-        for i, p in index.items():
-            if i in problems and p.stat().st_size == 0:
-                problems[i].append(f'{p} is empty'); df.loc[i, f'{m}_path'] = None
-        for stray in sorted(set(index) - set(ids)):
-            warnings.warn(f"{index[stray]} has no line in the label files: ignored")
+        for s in left_out:
+            if s['id'] in problems: problems[s['id']].append(s['reason'])
+        if left_out: warnings.warn(f"{len(left_out)} {m} file(s) left out: " + '; '.join(s['reason'] for s in left_out[:3])
+                                   + (' ...' if len(left_out) > 3 else '') + ' (see manifest_skipped(manifest))')
+        skipped += left_out
     for i in df.index[df[[f'{m}_path' for m in MODALITIES]].isna().all(axis=1)]:
         problems[i].append('no audio, lyrics or MIDI file')
     df['problems'] = ['; '.join(problems[i]) for i in ids]
     n_bad = int((df['problems'] != '').sum())
     if n_bad: warnings.warn(f"{n_bad} of {len(df)} songs in {root} have problems (see the 'problems' column)")
+    df = df.reset_index()
     df.attrs['root'] = str(root)
-    return df.reset_index()
+    df.attrs['skipped'] = _as_records(skipped)
+    return df
 
 # %% ../nbs/00_data.ipynb #39519090
+def _why(e: Exception) -> str:
+    "The reason a reader failed, never empty: the exception type with its message, or with a hint when it has none."
+    name, msg = type(e).__name__, str(e).strip()
+    if name == 'NoBackendError':
+        return ("no decoder could read it (NoBackendError: libsndfile cannot open it and audioread has no backend that decodes it): "
+                "the file is damaged or not audio, or its format needs ffmpeg")
+    return f"{name}: {msg}" if msg else f"{name} without a message (the file is probably damaged or truncated)"
+
+def _regular_file(path, what: str) -> os.stat_result:
+    "The stat of `path` when it is a regular file, else a MediaError (a FIFO would block its reader for ever)."
+    try: st = os.stat(path)
+    except OSError as e: raise MediaError(f"cannot read {what} {path}: {e.strerror or _why(e)}") from e
+    if not stat.S_ISREG(st.st_mode): raise MediaError(f"cannot read {what} {path}: not a regular file")
+    return st
+
 def read_audio(path, sr: int = 22050,  # target sample rate
                duration: float = 30.0,  # seconds kept; shorter clips are zero-padded
                offset: float = 0.0,  # seconds skipped at the start
               ) -> np.ndarray:
     "Mono float32 samples at `sr`, exactly `duration` seconds long (MP3, WAV, FLAC or OGG)."
     import librosa
+    _regular_file(path, 'audio')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             y, _ = librosa.load(path, sr=sr, mono=True, offset=offset, duration=duration)
-    except Exception as e: raise MediaError(f"cannot decode audio {path}: {type(e).__name__}: {e}") from e
+    except Exception as e: raise MediaError(f"cannot decode audio {path}: {_why(e)}") from e
     if y.size == 0 or not np.isfinite(y).all(): raise MediaError(f"audio {path} has no usable samples")
     n = int(round(sr * duration))
     return np.pad(y, (0, max(0, n - len(y))))[:n].astype(np.float32)
 
-def read_lyrics(path) -> str | None:
-    "Lyrics text (any of the usual encodings, newlines normalised); None when the file is empty."
-    try: text = decode_text(Path(path).read_bytes())
-    except (OSError, UnicodeError) as e: raise MediaError(f"cannot read lyrics {path}: {e}") from e
-    text = text.replace('\r\n', '\n').replace('\r', '\n').strip()
-    return text or None
+# %% ../nbs/00_data.ipynb #81b3a551
+_TAG = re.compile(r'<\s*/?\s*[A-Za-z!?][^<>]{0,300}>')
 
+def _markup(text: str) -> str:
+    "Why `text` looks like a markup page rather than lyrics ('' when it does not)."
+    if m := re.search(r'<!doctype|<html|<\?xml', text, flags=re.I): return f"it holds {m[0]!r}"
+    body = ''.join(text.split())
+    share = sum(len(''.join(t.split())) for t in _TAG.findall(text)) / len(body) if body else 0
+    return f"{share:.0%} of its characters are inside tags" if share >= MARKUP_SHARE else ''
+
+def _whole_chars(raw: bytes) -> bytes:
+    "Bytes cut short, without a partial UTF-8 character at the end (UTF-16 is evened by `decode_text`)."
+    if raw.startswith((b'\xff\xfe', b'\xfe\xff')): return raw
+    body = raw[3:] if raw.startswith(b'\xef\xbb\xbf') else raw
+    for k in range(4):
+        try: body[:len(body) - k].decode('utf-8'); return raw[:len(raw) - k]
+        except UnicodeDecodeError: pass
+    return raw
+
+def read_lyrics(path) -> str | None:
+    "Lyrics text (usual encodings, newlines normalised, at most `LYRICS_MAX_BYTES` read); None when blank; a MediaError when not text."
+    size = _regular_file(path, 'lyrics').st_size
+    try:
+        with open(path, 'rb') as f: raw = f.read(LYRICS_MAX_BYTES + 1)
+    except OSError as e: raise MediaError(f"cannot read lyrics {path}: {e.strerror or _why(e)}") from e
+    cut = len(raw) > LYRICS_MAX_BYTES
+    text = decode_text(_whole_chars(raw[:LYRICS_MAX_BYTES]) if cut else raw).replace('\r\n', '\n').replace('\r', '\n')
+    if cut:
+        text = text.rsplit('\n', 1)[0]
+        warnings.warn(f"lyrics {path} are {max(size, len(raw)):,} bytes: only the first {LYRICS_MAX_BYTES:,} are read", stacklevel=2)
+    if (share := control_share(text)) >= BINARY_SHARE:
+        raise MediaError(f"lyrics {path} look like binary data, not text ({share:.0%} control characters"
+                         + (', NUL bytes among them)' if '\x00' in text else ')'))
+    if why := _markup(text): raise MediaError(f"lyrics {path} are a markup page, not lyrics: {why}")
+    return text.strip() or None
+
+# %% ../nbs/00_data.ipynb #08e32591
 def read_midi(path):
     "A `pretty_midi.PrettyMIDI`; a MediaError names the file when it is broken or has no notes."
     import pretty_midi
+    _regular_file(path, 'MIDI')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             pm = pretty_midi.PrettyMIDI(str(path))
-    except Exception as e: raise MediaError(f"cannot parse MIDI {path}: {type(e).__name__}: {e}") from e
+    except Exception as e: raise MediaError(f"cannot parse MIDI {path}: {_why(e)}") from e
     if not any(i.notes for i in pm.instruments): raise MediaError(f"MIDI {path} has no notes")
     return pm
 
 # %% ../nbs/00_data.ipynb #410c6bdb
 def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
-    "Songs per mood cluster and how many have each modality, with a total row."
+    "Per mood cluster and in total: songs, songs with each modality, songs with problems and inputs left out per modality."
     has = pd.DataFrame({m: manifest[f'{m}_path'].notna() for m in MODALITIES})
     has['songs'] = True
-    has['problems'] = manifest['problems'] != ''
-    t = has.groupby(manifest['cluster'].map(lambda c: f'Cluster {c}')).sum()
+    has['problems'] = manifest['problems'].map(lambda p: isinstance(p, str) and p != '')  # read back from CSV, '' is NaN
+    group = manifest['cluster'].map(lambda c: f'Cluster {c}')
+    t = has.groupby(group).sum()
     t.loc['total'] = t.sum()
-    return t[['songs', *MODALITIES, 'problems']].astype(int)
+    sk = manifest_skipped(manifest)
+    where = sk['id'].map(dict(zip(manifest['id'].astype(str), group)))
+    for m in SKIPPED_MODALITIES:
+        t[f'skipped_{m}'] = where[sk['modality'] == m].value_counts().reindex(t.index, fill_value=0)
+        t.loc['total', f'skipped_{m}'] = int((sk['modality'] == m).sum())
+    return t[['songs', *MODALITIES, 'problems', *(f'skipped_{m}' for m in SKIPPED_MODALITIES)]].astype(int)
 
 # %% ../nbs/00_data.ipynb #2a5ff81c
 CLUSTER_SIZES = (170, 164, 215, 191, 163)  # songs per cluster in the real dataset
