@@ -4,8 +4,7 @@
 
 # %% ../nbs/05_analysis.ipynb #b8020fdc
 from __future__ import annotations
-import argparse, json, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor
+import argparse, json, os, shlex, shutil, signal, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import pandas as pd
 
@@ -13,7 +12,7 @@ import pandas as pd
 __all__ = ['TASK_FILES', 'LOWER_IS_BETTER', 'KEYS', 'PAPER_F1', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'load_runs', 'summary_table',
            'mark_best', 'resampled_tables', 'nmi_of_tables', 'acc_of_tables', 'is_baseline', 'bootstrap_vs_baseline',
            'load_assignments', 'probe_table', 'latent_files', 'map_2d', 'slug', 'song_card', 'explorer',
-           'ReproduceError', 'notebooks_dir', 'reproduce', 'main', 'print_summary']
+           'ReproduceError', 'notebooks_dir', 'end_processes', 'Runners', 'reproduce', 'main', 'print_summary']
 
 # %% ../nbs/05_analysis.ipynb #7d651d93
 import re, zlib
@@ -158,9 +157,12 @@ def slug(name) -> str:
 def song_card(song: pd.Series, predicted=None) -> str:
     "HTML with a song's metadata, mood and lyrics excerpt."
     from html import escape
-    from mmvae.data import read_lyrics
-    lyrics = read_lyrics(song['lyrics_path']) if isinstance(song.get('lyrics_path'), str) else None
-    excerpt = escape(lyrics[:400]).replace('\n', '<br>') + ('…' if len(lyrics) > 400 else '') if lyrics else '<i>no lyrics</i>'
+    from mmvae.data import MediaError, read_lyrics
+    try: lyrics = read_lyrics(song['lyrics_path']) if isinstance(song.get('lyrics_path'), str) else None
+    except MediaError as e: lyrics, unreadable = None, str(e)
+    else: unreadable = None
+    excerpt = (escape(lyrics[:400]).replace('\n', '<br>') + ('…' if len(lyrics) > 400 else '') if lyrics
+               else f'<i>lyrics not shown: {escape(unreadable)}</i>' if unreadable else '<i>no lyrics</i>')
     return (f"<b>{escape(str(song.get('title', song['id'])))}</b> — {escape(str(song.get('artist', '')))}<br>"
             f"song {song['id']} · mood cluster {song['cluster']} ({escape(str(song['category']))})"
             + (f" · predicted cluster {predicted}" if predicted is not None else '') + f"<br><small>{excerpt}</small>")
@@ -222,7 +224,7 @@ PROFILES = {  # name → notebook parameters (+ demo dataset size, used when no 
 }
 
 class ReproduceError(RuntimeError):
-    "A notebook of the reproduction failed."
+    "A notebook of the reproduction failed, or the run could not start."
 
 def notebooks_dir() -> Path:
     "The `nbs/` folder of this checkout."
@@ -232,7 +234,251 @@ def notebooks_dir() -> Path:
         raise ReproduceError(f"notebooks not found in {d}: run mmvae from a checkout of the repository (pip install -e .)")
     return d
 
+# %% ../nbs/05_analysis.ipynb #0b6e4f19
+def _alive(p) -> bool:
+    import psutil
+    try: return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error: return False
+
+def _wait_gone(procs, timeout: float) -> list:
+    "The processes of `procs` still alive after waiting up to `timeout` s for them to end."
+    end = time.monotonic() + timeout
+    while (left := [p for p in procs if _alive(p)]) and time.monotonic() < end: time.sleep(.05)
+    return left
+
+def end_processes(procs=(),  # psutil.Process objects
+                  groups=(),  # process group ids: every member is ended too
+                  grace: float = 0.,  # seconds they may take to end by themselves before they are killed
+                 ) -> int:
+    "Kill `procs` and the members of the process groups `groups` (never this process or its group); the number killed."
+    import psutil
+    me, mine = os.getpid(), os.getpgid(0)
+    groups, found = {g for g in groups if g and g != mine}, {p for p in procs if _alive(p)}
+    if groups:
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) in groups: found.add(p)
+            except OSError: pass
+    left = _wait_gone([p for p in found if p.pid != me], grace)
+    def tracker(p):
+        try: return 'resource_tracker' in ' '.join(p.cmdline())
+        except psutil.Error: return False
+    killed = 0
+    for batch in ([p for p in left if not tracker(p)], [p for p in left if tracker(p)]):
+        batch = _wait_gone(batch, 1.) if batch and killed else batch  # trackers end by themselves once their clients are gone
+        for p in batch:
+            try: p.kill(); killed += 1
+            except psutil.Error: pass
+        _wait_gone(batch, 3.)
+    return killed
+
+# %% ../nbs/05_analysis.ipynb #4c6b0d85
+_KERNELS = []  # the kernel processes (Popen) this runner started
+
+def _kernel_manager_class():
+    "jupyter_client's kernel manager, recording each kernel's process."
+    from jupyter_client.manager import AsyncKernelManager
+    class KernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kw):
+            _KERNELS.append(self.provisioner.process)
+            await super()._async_post_start_kernel(**kw)
+    return KernelManager
+
+def _use_impatient_client():
+    "Make papermill (in this runner process) kill a kernel whose cell timed out, rather than ask it to shut down (a busy kernel prints errors)."
+    from papermill import engines
+    class Client(engines.PapermillNotebookClient):
+        async def _async_handle_timeout(self, timeout, cell=None):
+            self.shutdown_kernel = 'immediate'
+            return await super()._async_handle_timeout(timeout, cell)
+    engines.PapermillNotebookClient = Client
+
+def _end_own_processes(grace: float = 0.):
+    "End every process this runner started, with its kernels' process groups (their workers, even orphaned ones)."
+    import psutil
+    end_processes(psutil.Process().children(recursive=True), [k.pid for k in _KERNELS], grace)
+
+_STOPPING = threading.Event()  # set when this runner is being stopped: its task must not report
+
+def _abandon(where: Path, code: int):
+    "Stop at once: end every process, remove this runner's files, exit."
+    _STOPPING.set()
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # papermill's complaints about the kernel it loses are noise now
+    except OSError: pass
+    _end_own_processes()
+    shutil.rmtree(where, ignore_errors=True)
+    try: where.parent.rmdir()  # the run's last runner removes the run's private folder
+    except OSError: pass
+    os._exit(code)
+
+def _guard(where: Path):
+    "Wait for the end of stdin (`mmvae` closed it, or was killed), then stop."
+    try:
+        while os.read(0, 1 << 16): pass  # the raw descriptor: a daemon thread in a buffered read would block the runner's exit
+    except OSError: pass
+    _abandon(where, 130)
+
+def _cell_at_fault(dst) -> str:
+    "The last cell papermill started in the executed copy `dst`, as `cell N (first line)`."
+    import nbformat
+    try: cells = nbformat.read(dst, as_version=4).cells
+    except Exception: return 'a cell'
+    started = [i for i, c in enumerate(cells) if c.get('metadata', {}).get('papermill', {}).get('start_time')]
+    if not started: return 'a cell'
+    line = next((l for l in cells[started[-1]].source.splitlines() if l.strip()), '')
+    return f"cell {started[-1]} (`{line[:60]}`)"
+
+def _how_it_ended(proc) -> str:
+    rc = proc.poll() if proc is not None else None
+    if rc is None: return ''
+    if rc < 0:
+        name = signal.Signals(-rc).name
+        return f" (killed by {name}{': usually the out-of-memory killer, see dmesg' if name == 'SIGKILL' else ''})"
+    return f" (exit code {rc})"
+
+def _execute(name: str, src: str, dst: str, parameters: dict, kernel: str, cell_timeout: float, checks: bool):
+    "Run the notebook `src` into `dst` with papermill, in a runner process; a failure, a cell timeout or a dead kernel raises `ReproduceError`."
+    import nbformat, papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from traitlets.config import Config
+    _use_impatient_client()
+    declared = pm.inspect_notebook(src)
+    nb = nbformat.read(src, as_version=4)
+    if not checks: nb.cells = [c for c in nb.cells if 'check' not in c.metadata.get('tags', [])]
+    runtime = os.environ.get('JUPYTER_RUNTIME_DIR', '')
+    transport = 'ipc' if os.name == 'posix' and runtime and len(runtime) <= 90 else 'tcp'  # a socket path has at most 107 bytes
+    files = dict(transport=transport, **(dict(connection_file=f'{runtime}/kernel.json') if runtime else {}),
+                 **(dict(ip=f'{runtime}/kernel') if transport == 'ipc' else {}))  # connection file and sockets in the private folder
+    try:
+        pm.execute_notebook(nb, dst, kernel_name=kernel, parameters={k: v for k, v in parameters.items() if k in declared},
+                            progress_bar=False, execution_timeout=cell_timeout or None,
+                            kernel_manager_class=_kernel_manager_class(), config=Config(KernelManager=files))
+    except pm.PapermillExecutionError as e:
+        raise ReproduceError(f"notebook {name} failed: {e.ename}: {e.evalue} (executed copy: {dst})") from None
+    except CellTimeoutError:
+        raise ReproduceError(f"notebook {name}: {_cell_at_fault(dst)} ran longer than the cell timeout of {cell_timeout:g} s and was stopped "
+                             f"(--cell-timeout SECONDS sets the limit; executed copy: {dst})") from None
+    except DeadKernelError:
+        raise ReproduceError(f"notebook {name}: its kernel died{_how_it_ended(_KERNELS[-1] if _KERNELS else None)} in "
+                             f"{_cell_at_fault(dst)} (executed copy: {dst})") from None
+
+def _child(task_file):
+    "A runner process: do the task in `task_file`, write `result.json` beside it."
+    where = Path(task_file).parent
+    task = json.loads(Path(task_file).read_text())
+    threading.Thread(target=_guard, args=(where,), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: _abandon(where, 143))
+    start, result, kind = time.perf_counter(), {}, task.pop('kind')
+    try:
+        if kind == 'demo':
+            from mmvae.data import demo_dataset
+            result['root'] = str(demo_dataset(**task).resolve())
+        else: _execute(**task)
+    except ReproduceError as e: result['error'] = str(e)
+    except Exception as e: result['error'] = f"{task.get('name', 'the demo dataset')} failed: {type(e).__name__}: {e}"
+    finally: end_processes(groups=[k.pid for k in _KERNELS], grace=2.)  # workers of a dead kernel; after a shutdown they end by themselves
+    if _STOPPING.is_set(): time.sleep(60)  # the guard thread is ending this process
+    result['seconds'] = time.perf_counter() - start
+    (where/'result.tmp').write_text(json.dumps(result))
+    (where/'result.tmp').replace(where/'result.json')
+
+# %% ../nbs/05_analysis.ipynb #a85c2e1d
+_CHILD = 'import sys; from mmvae.analysis import _child; _child(sys.argv[1])'
+
+def _private_tmp() -> Path:
+    "A new private folder with a short path (the kernels' IPC sockets live there)."
+    base = tempfile.gettempdir()
+    if len(base) > 20 and os.access('/tmp', os.W_OK): base = '/tmp'
+    return Path(tempfile.mkdtemp(prefix='mmvae-', dir=base))
+
+class _no_interrupts:
+    "Ignore SIGINT and SIGTERM inside the block (in the main thread; elsewhere a no-op)."
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __exit__(self, *exc):
+        for s, h in self.saved.items(): signal.signal(s, h)
+
+class Runners:
+    "Runner processes (see `_child`), each in its own session and empty folder; `stop` ends them with everything they started."
+    def __init__(self):
+        self.tmp, self.running, self.seen, self.groups, self._count, self._watched = _private_tmp(), {}, set(), set(), 0, 0.
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.stop()
+
+    def start(self, name: str, task: dict):
+        "Start a runner for `task` (`kind` 'notebook' with `_execute`'s arguments, or 'demo' with `demo_dataset`'s)."
+        where = self.tmp/str(self._count); self._count += 1
+        (where/'cwd').mkdir(parents=True); (where/'rt').mkdir()
+        (where/'task.json').write_text(json.dumps(task))
+        self.running[name] = (subprocess.Popen([sys.executable, '-c', _CHILD, str(where/'task.json')], cwd=where/'cwd',
+                                                env=os.environ | dict(JUPYTER_RUNTIME_DIR=str(where/'rt')),
+                                                stdin=subprocess.PIPE, start_new_session=True), where)
+
+    def _watch(self, every: float = 1.):
+        "Note the runners' descendants and their process groups (to end them even after they lose their parent)."
+        import psutil
+        if time.monotonic() - self._watched < every: return
+        self._watched = time.monotonic()
+        for p, _ in self.running.values():
+            try: kids = psutil.Process(p.pid).children(recursive=True)
+            except psutil.Error: continue
+            self.seen.update(kids); self.groups.add(p.pid)
+            for k in kids:
+                try: self.groups.add(os.getpgid(k.pid))
+                except OSError: pass
+
+    def finished(self) -> dict:
+        "Wait until a runner ends; `{name: result}` of those that ended (`result.json`, or an error saying how the runner died)."
+        while not (done := [n for n, (p, _) in self.running.items() if p.poll() is not None]):
+            self._watch(); time.sleep(.2)
+        results = {}
+        for n in done:
+            p, where = self.running.pop(n)
+            p.stdin.close()
+            f = where/'result.json'
+            results[n] = json.loads(f.read_text()) if f.is_file() else dict(
+                error=f"{n}: its runner process ended without a result{_how_it_ended(p)}")
+            shutil.rmtree(where, ignore_errors=True)
+        self.seen = {s for s in self.seen if _alive(s)}
+        return results
+
+    def run(self, name: str, task: dict) -> dict:
+        "Run one task to its end; its result, or `ReproduceError`."
+        self.start(name, task)
+        result = self.finished()[name]
+        if 'error' in result: raise ReproduceError(result['error'])
+        return result
+
+    def stop(self, grace: float = 5.):
+        "End every runner still running, and every process they started; remove the private folder."
+        with _no_interrupts():
+            if self.running:
+                self._watch(every=0)
+                for p, _ in self.running.values():
+                    try: p.stdin.close()  # the runner's guard ends its kernels and their workers, and exits
+                    except OSError: pass
+                end = time.monotonic() + grace
+                for p, _ in self.running.values():
+                    try: p.wait(max(.01, end - time.monotonic()))
+                    except subprocess.TimeoutExpired: pass
+                end_processes(self.seen, self.groups)  # what a runner could not end (or was too slow to)
+                for p, _ in self.running.values(): p.kill(); p.wait()
+                self.running.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
 # %% ../nbs/05_analysis.ipynb #37b2ba92
+def _run_folder(out) -> Path:
+    "The run folder, created and checked to be writable (else `ReproduceError` naming it and why)."
+    out = Path(out).expanduser().absolute()
+    try:
+        if out.exists() and not out.is_dir(): raise NotADirectoryError(20, 'it is a file, not a folder')
+        (out/'notebooks').mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e: raise ReproduceError(f"cannot write the run folder {out}: {e.strerror or e}") from None
+    return out.resolve()
+
 def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
               data: str = None,  # dataset folder; None → the generated demo dataset of the profile's size
               out: str = 'runs/demo',  # run folder: notebooks/, results/, cache/
@@ -241,53 +487,49 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
               kernel: str = 'python3',  # Jupyter kernel
               concurrent: int = 3,  # task notebooks (02-04) run at once, each in its own kernel; 1 → one after another
               checks: bool = False,  # also run the cells tagged `check` (self-checks of the code)
+              cell_timeout: float = 3600,  # seconds a cell may run before the run stops with an error; 0 → no limit
               **overrides,  # parameter values that replace the profile's
              ) -> Path:
-    "Run the study's notebooks with papermill; return the results folder."
-    import nbformat, papermill as pm
+    "Run the study's notebooks with papermill, each in a runner process and kernel of its own; return the results folder."
     from tqdm.auto import tqdm
-    from mmvae.data import demo_dataset, find_dataset_root
+    from mmvae.data import find_dataset_root
     if profile not in PROFILES: raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     chosen = [n for n in NOTEBOOKS if not only or any(n.startswith(str(o)) for o in only)]
     if not chosen: raise ReproduceError(f"--only {only} matches none of {', '.join(NOTEBOOKS)}")
-    nbs, out = Path(nbs) if nbs else notebooks_dir(), Path(out).resolve()
+    nbs, out = Path(nbs).resolve() if nbs else notebooks_dir(), _run_folder(out)
     params = PROFILES[profile] | overrides
     demo = {k[5:]: params.pop(k) for k in ('demo_songs', 'demo_seconds')}
     cache = out/'cache'
-    root = find_dataset_root(data) if data else demo_dataset(cache, n_songs=demo['songs'], seconds=demo['seconds'])
-    params |= dict(data_dir=str(root.resolve()), out_dir=str(out/'results'), cache_dir=str(cache))
-    (out/'notebooks').mkdir(parents=True, exist_ok=True)
-    (out/'profile.json').write_text(json.dumps(dict(profile=profile, **params), indent=1))
-    failed = threading.Event()
-    def run(name):
-        if failed.is_set(): return None  # a notebook before it failed: queued ones never start
-        src = nbs/f'{name}.ipynb'
-        declared = pm.inspect_notebook(str(src))
-        nb = nbformat.read(src, as_version=4)
-        if not checks: nb.cells = [c for c in nb.cells if 'check' not in c.metadata.get('tags', [])]
-        start = time.perf_counter()
-        try:
-            pm.execute_notebook(nb, str(out/'notebooks'/f'{name}.ipynb'), kernel_name=kernel, cwd=str(out),
-                                parameters={k: v for k, v in params.items() if k in declared}, progress_bar=False)
-        except pm.PapermillExecutionError as e:
-            failed.set()
-            raise ReproduceError(f"notebook {name} failed: {e.ename}: {e.evalue} (executed copy: {out/'notebooks'/f'{name}.ipynb'})") from None
-        except BaseException:
-            failed.set(); raise
-        return time.perf_counter() - start
     stages = []  # in notebook order; the task notebooks chosen form one stage
     for n in chosen:
         if stages and n in TASKS and stages[-1][0] in TASKS: stages[-1].append(n)
         else: stages.append([n])
-    with tqdm(total=len(chosen), desc='notebooks', file=sys.stdout) as bar, ThreadPoolExecutor(max(1, concurrent)) as pool:
-        for stage in stages:  # a failure stops the run after the stage's running notebooks end
-            bar.set_postfix_str(', '.join(stage))
-            for name, job in zip(stage, [pool.submit(run, n) for n in stage]):
-                seconds = job.result()  # raises the notebook's failure
-                if seconds is not None: tqdm.write(f"{name}: {seconds:.0f} s", file=sys.stdout); bar.update()
+    def task(name): return dict(kind='notebook', name=name, src=str(nbs/f'{name}.ipynb'), dst=str(out/'notebooks'/f'{name}.ipynb'),
+                                parameters=params, kernel=kernel, cell_timeout=cell_timeout, checks=checks)
+    with Runners() as runners:  # leaving it, after an error or an interrupt too, ends every process of the run
+        root = find_dataset_root(data) if data else Path(runners.run('demo dataset', dict(
+            kind='demo', cache_dir=str(cache), n_songs=demo['songs'], seconds=demo['seconds']))['root'])
+        params |= dict(data_dir=str(root.resolve()), out_dir=str(out/'results'), cache_dir=str(cache))
+        (out/'profile.json').write_text(json.dumps(dict(profile=profile, **params), indent=1))
+        with tqdm(total=len(chosen), desc='notebooks', file=sys.stdout) as bar:
+            for stage in stages:  # a failure lets the stage's running notebooks end; queued ones never start
+                queue, failure = list(stage), None
+                while True:
+                    while queue and not failure and len(runners.running) < max(1, concurrent): runners.start(n := queue.pop(0), task(n))
+                    if not runners.running: break
+                    bar.set_postfix_str(', '.join(runners.running))
+                    for name, result in runners.finished().items():
+                        if 'error' in result: failure = failure or result['error']
+                        else: tqdm.write(f"{name}: {result['seconds']:.0f} s", file=sys.stdout); bar.update()
+                if failure: raise ReproduceError(failure)
     return out/'results'
 
 # %% ../nbs/05_analysis.ipynb #74702302
+def _interrupted(signum, frame): raise KeyboardInterrupt(signum)
+
+def _os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+
 def main(argv=None):
     "The `mmvae` command."
     p = argparse.ArgumentParser(prog='mmvae', description='Clustering music by emotion with multi-modal VAEs.')
@@ -301,21 +543,41 @@ def main(argv=None):
     r.add_argument('--epochs', type=int, help='override the profile epochs')
     r.add_argument('--concurrent', type=int, default=3, help='task notebooks 02-04 run at once (default: 3; 1: one after another)')
     r.add_argument('--checks', action='store_true', help="also run the notebooks' self-checks of the code (cells tagged check)")
+    r.add_argument('--cell-timeout', type=float, default=3600, metavar='SECONDS',
+                   help='longest a notebook cell may run before the run stops with an error (default: 3600; 0: no limit)')
     r.add_argument('--dask', metavar='ADDRESS', help='Dask scheduler to extract features on (e.g. tcp://host:8786)')
     s = sub.add_parser('summary', help='print the manifest summary of a dataset (default: the demo)')
     s.add_argument('--data', help='dataset folder (default: a generated demo dataset)')
     s.add_argument('--cache', default='cache', help='where the demo dataset is generated')
     a = p.parse_args(argv)
-    from mmvae.data import resolve_data_dir, load_manifest, summarize, DatasetError
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = signal.signal(signal.SIGTERM, _interrupted) if main_thread else None  # SIGTERM stops a run as Ctrl-C does
     try:
+        from mmvae.data import resolve_data_dir, load_manifest, summarize, DatasetError
         if a.command == 'summary':
-            print(summarize(load_manifest(resolve_data_dir(a.data, a.cache))).to_string())
+            try: print(summarize(load_manifest(resolve_data_dir(a.data, a.cache))).to_string())
+            except (DatasetError, OSError, KeyboardInterrupt): raise
+            except Exception as e:  # a dataset this code cannot read: say what, never a traceback
+                print(f"mmvae: cannot summarize the dataset {a.data or '(demo)'}: {type(e).__name__}: {e}", file=sys.stderr)
+                return 1
             return 0
         over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs, dask_scheduler=a.dask).items() if v is not None}
-        results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, checks=a.checks, **over)
+        results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, checks=a.checks,
+                            cell_timeout=a.cell_timeout, **over)
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        again = shlex.join(['mmvae', *(sys.argv[1:] if argv is None else argv)])
+        hint = f"; to resume, run the same command again (same --out; the caches make finished work fast): {again}" if a.command == 'reproduce' else ''
+        print(f"\nmmvae: interrupted, every process of the run stopped{hint}", file=sys.stderr)
+        return 128 + signum
     except (ReproduceError, DatasetError) as e:
         print(f"mmvae: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"mmvae: {_os_error(e)}", file=sys.stderr)
+        return 1
+    finally:
+        if main_thread: signal.signal(signal.SIGTERM, saved)
     print_summary(results)
     return 0
 

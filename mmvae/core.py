@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
-import copy, hashlib, json, os, random, shutil, warnings
+import atexit, copy, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -362,13 +362,7 @@ def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. v
     if n_jobs > 1 and not torch.cuda.is_available():  # on a GPU the models train one after the other, here
         done = {job: r for job in jobs if (r := _probe(fit, job)) is not _MISS}  # a warm rerun starts no worker
         todo = [job for job in jobs if job not in done]
-        if min(n_jobs, len(todo)) > 1:
-            from joblib import Parallel, delayed
-            from tqdm.auto import tqdm
-            n_jobs = min(n_jobs, len(todo))
-            work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
-                delayed(_fit_in_worker)(fit, job, threads) for job in todo)
-            for _ in tqdm(work, total=len(todo), desc=f'training ({n_jobs} processes)'): pass
+        if min(n_jobs, len(todo)) > 1: _train_in_workers(fit, todo, min(n_jobs, len(todo)), threads)
     return {job: done[job] if job in done else fit(*job) for job in jobs}
 
 _MISS = object()
@@ -380,10 +374,42 @@ def _probe(fit, job):
     except _NotCached: return _MISS
     finally: _PROBING['on'] = False
 
-def _fit_in_worker(fit, job, threads):
-    limit_threads(threads)
-    fit(*job)  # what it returns stays in the worker: the trained model is in the cache
+def _train_in_workers(fit, todo, n_jobs, threads):
+    "`fit(*job)` for every job in `n_jobs` worker processes; a worker that dies is an error naming the jobs it was among."
+    from concurrent.futures.process import BrokenProcessPool
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+    _sweep_job_marks()
+    running, finished = Path(tempfile.mkdtemp(prefix=f'mmvae-jobs-{os.getpid()}-')), 0  # a worker marks the job it runs (file: its number)
+    try:
+        work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
+            delayed(_fit_in_worker)(fit, job, threads, running/str(i)) for i, job in enumerate(todo))
+        for _ in tqdm(work, total=len(todo), desc=f'training ({n_jobs} processes)'): finished += 1
+    except BrokenProcessPool as e:  # loky's TerminatedWorkerError: a crash, os._exit, or the system killing it (out of memory)
+        codes = re.search(r'exit codes of the workers are (\{.*?\})', str(e))
+        flying = [todo[int(p.name)] for p in sorted(running.iterdir(), key=lambda p: int(p.name))]
+        raise RuntimeError(f"train_parallel: a worker process died{f' (exit codes {codes[1]})' if codes else ''}; the jobs in flight "
+                           f"then: {', '.join(map(repr, flying)) or 'none'}; {finished} of {len(todo)} had finished (they are in the model "
+                           "cache, so a rerun trains only the rest). Usual causes: a crash (segfault) or the system ending a worker for "
+                           "lack of memory; with n_jobs=1 the training runs in this process, where the error shows itself.") from None
+    finally: shutil.rmtree(running, ignore_errors=True)
 
+def _sweep_job_marks():
+    "Remove the job-mark folders of callers that were killed before they could (their pid is in the name and gone)."
+    import psutil
+    for d in Path(tempfile.gettempdir()).glob('mmvae-jobs-*-*'):
+        try:
+            if not psutil.pid_exists(int(d.name.split('-')[2])): shutil.rmtree(d, ignore_errors=True)
+        except ValueError: pass
+
+def _fit_in_worker(fit, job, threads, mark):
+    mark.write_text(str(os.getpid()))
+    limit_threads(threads)
+    try: fit(*job)  # what it returns stays in the worker: the trained model is in the cache
+    except Exception as e:
+        if hasattr(e, 'add_note'): e.add_note(f'in train_parallel job {job!r}')
+        raise
+    finally: mark.unlink(missing_ok=True)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #e2f611a1
 def active_units(mu,  # posterior means, (n, latent_dim)
@@ -638,7 +664,13 @@ def project_2d(Z,  # points, (n, d)
     if cache is None: return _project(Z, method, random_state)
     h = hashlib.sha256(f'{method}/{random_state}/{Z.shape}'.encode() + np.ascontiguousarray(Z).tobytes())
     path = Path(cache)/f'{h.hexdigest()}.npy'
-    if path.is_file(): return np.load(path, allow_pickle=False)
+    if path.is_file():
+        try:
+            xy = np.load(path, allow_pickle=False)
+            if xy.shape == (len(Z), 2) and np.issubdtype(xy.dtype, np.floating): return xy
+            raise ValueError(f'holds a {xy.dtype} array of shape {xy.shape}, not {len(Z)} 2-D points')
+        except Exception as e:  # a damaged entry is computed again and replaced, not fatal
+            warnings.warn(f"projection cache {path}: damaged ({e}); projecting again")
     xy = _project(Z, method, random_state)
     def write(tmp):
         with open(tmp, 'wb') as f: np.save(f, xy, allow_pickle=False)
@@ -774,23 +806,145 @@ def confusion(y_true,  # true classes (moods)
     return fig
 
 # %% ../nbs/02_easy_vae_pca.ipynb #2fe11831
-_PNG = {'ok': None}  # None: untried; True: a kaleido server runs; False: PNG export failed once
+_PNG = {'ok': None,  # None: untried; True: PNGs render; False: PNG export failed (warned once; HTML only from then on)
+        'renderer': None,  # the running `_Renderer`
+        'timeout': 60.}  # seconds one figure may take (the first, which starts the browser, twice that)
+_PNG_LOCK = threading.Lock()
 
-def _png_ready() -> bool:
-    if _PNG['ok'] is None:
+def _no_browser() -> str | None:
+    "Why kaleido would find no browser (its own lookup: BROWSER_PATH, PATH, the usual places, its download folder), or None."
+    try:
+        from choreographer.browsers.chromium import Chromium
+        found = Chromium.find_browser(skip_local=False)
+    except Exception: return None  # the lookup itself failed: the renderer finds out, within its timeout
+    if found and Path(found).is_file(): return None
+    if os.environ.get('BROWSER_PATH'): return f"no browser at BROWSER_PATH={os.environ['BROWSER_PATH']!r}"
+    return 'no Chrome or Chromium found (kaleido looks on PATH and in the usual install places)'
+
+def _png_failed(reason):
+    "Stop the renderer and warn (once): HTML only from here on."
+    r, _PNG['renderer'], _PNG['ok'] = _PNG['renderer'], None, False
+    if r is not None: r.kill()
+    warnings.warn(f"PNG export is unavailable: {reason}. Writing HTML figures only from here on. For PNG files install "
+                  "Chromium (e.g. `apt-get install chromium`) or set BROWSER_PATH to a Chrome or Chromium executable.", stacklevel=3)
+
+# %% ../nbs/02_easy_vae_pca.ipynb #001f2cc5
+_RENDERER = r'''# the renderer process: kaleido and its browser; one JSON line in (figure file, PNG file, options), one out
+import asyncio, json, os, sys, threading, time
+answer = os.fdopen(os.dup(1), 'w', buffering=1)  # answers on a copy of stdout; stdout itself (the browser's too) goes to the log
+os.dup2(2, 1)
+def say(*msg): answer.write(json.dumps(msg) + '\n')
+def orphaned(parent=os.getppid()):  # the caller was killed: go too (the browser closes with its pipe)
+    while os.getppid() == parent: time.sleep(1)
+    os._exit(3)
+threading.Thread(target=orphaned, daemon=True).start()
+def why(e): return 'kaleido found no Chrome or Chromium' if type(e).__name__ == 'ChromeNotFoundError' else f'{type(e).__name__}: {e}'
+async def serve():
+    import kaleido
+    async with kaleido.Kaleido(n=1) as k:
+        say('ok')
+        while line := await asyncio.to_thread(sys.stdin.readline):  # '' once the caller closes stdin or dies
+            src, dst, opts = json.loads(line)
+            try:
+                with open(src, encoding='utf-8') as f: png = await k.calc_fig(json.load(f), opts=opts)
+                with open(dst, 'wb') as f: f.write(png)
+                say('ok')
+            except Exception as e: say('error', why(e))
+try: asyncio.run(serve())
+except Exception as e: say('error', why(e))
+'''
+
+class _PNGError(Exception): "PNG export failed; the message says why."
+
+class _Renderer:
+    "A child process that holds kaleido and its browser and draws one figure at a time; every wait on it is bounded."
+    def __init__(self, timeout: float):  # seconds to start (twice this) and to draw each figure
+        self.owner, self.timeout = os.getpid(), timeout
+        apart = dict(start_new_session=True) if os.name == 'posix' else dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+        # in a session of its own a Ctrl-C or kernel interrupt meant for the caller does not kill it; it ends with the caller
         try:
-            import atexit, kaleido
-            if hasattr(kaleido, 'start_sync_server'):
-                kaleido.start_sync_server(silence_warnings=True)
-                atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-            _PNG['ok'] = True
-        except Exception as e: _png_failed(e)
-    return bool(_PNG['ok'])
+            self.log = tempfile.TemporaryFile()  # its stderr, for the reason when it dies (a nameless file: nothing to clean up)
+            self.proc = subprocess.Popen([sys.executable, '-c', _RENDERER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.log, **apart)
+        except OSError as e: raise _PNGError(f'the renderer could not start ({e})') from None
+        self.answers = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        try: self._answer(2 * timeout, 'to start its browser')
+        except BaseException: self.kill(); raise
 
-def _png_failed(e):
-    _PNG['ok'] = False
-    warnings.warn(f"PNG export is unavailable ({type(e).__name__}: {str(e)[:200]}); writing HTML figures only. "
-                  "Install Chromium (e.g. `apt-get install chromium`) for PNG files.")
+    def _read(self):
+        for line in self.proc.stdout: self.answers.put(line)
+        self.answers.put(b'')  # end of stream: the process is gone
+
+    def _answer(self, timeout, doing):
+        try: line = self.answers.get(timeout=timeout)
+        except queue.Empty: raise _PNGError(f'the renderer took more than {timeout:.0f} s {doing}') from None
+        if not line: raise _PNGError(f'the renderer process died ({self._exit()}){self._last_words()}')
+        status, *why = json.loads(line)
+        if status != 'ok': raise _PNGError(f'the renderer failed: {why[0][:300]}')
+
+    def _exit(self):
+        try: code = self.proc.wait(5)
+        except subprocess.TimeoutExpired: return 'it closed its output'
+        return f'killed by signal {-code}' if code < 0 else f'exit code {code}'
+
+    def _last_words(self):
+        self.log.seek(0, 2); self.log.seek(max(0, self.log.tell() - 2000))
+        lines = [l for l in self.log.read().decode(errors='replace').splitlines() if l.strip()]
+        return f'; its last words: {lines[-1][:200]!r}' if lines else ''
+
+    def render(self, spec: str,  # the figure's JSON
+               image: Path,  # the PNG to write (replaced at once, never half a file)
+               opts: dict):  # kaleido's: format, width, height, scale
+        "Draw one figure, or raise `_PNGError`."
+        src, tmp = (image.with_name(f'.{image.name}.{os.getpid()}.{s}') for s in ('json', 'tmp'))  # beside the PNG, removed after
+        try:
+            src.write_text(spec, encoding='utf-8')
+            try: self.proc.stdin.write(json.dumps([str(src), str(tmp), opts]).encode() + b'\n'); self.proc.stdin.flush()
+            except OSError: raise _PNGError(f'the renderer process died ({self._exit()}){self._last_words()}') from None
+            self._answer(self.timeout, 'to draw a figure')
+            os.replace(tmp, image)
+        finally: src.unlink(missing_ok=True); tmp.unlink(missing_ok=True)
+
+    def close(self):
+        "Let it close its browser and exit (bounded)."
+        try: self.proc.stdin.close(); self.proc.wait(10)
+        except Exception: pass
+        self.kill()
+
+    def kill(self):
+        "End it and its browser at once (the browser is in a session of its own)."
+        family = []
+        if self.proc.poll() is None:  # still running, so its pid is still its own
+            try:
+                import psutil
+                family = psutil.Process(self.proc.pid).children(recursive=True)
+            except Exception: pass
+        for p in [self.proc, *family]:
+            try: p.kill()
+            except Exception: pass
+        try: self.proc.wait(5)
+        except Exception: pass
+        self.log.close()
+
+# %% ../nbs/02_easy_vae_pca.ipynb #bde7db7e
+def _png_renderer():
+    "The renderer, started on first use after a cheap check that a browser exists; else `_PNGError` says why."
+    r = _PNG['renderer']
+    if r is not None and r.owner == os.getpid(): return r  # (a forked process starts its own)
+    if (why := _no_browser()) is not None: raise _PNGError(why)
+    _PNG['renderer'] = r = _Renderer(_PNG['timeout'])
+    return r
+
+@atexit.register
+def _close_renderer():
+    if (r := _PNG['renderer']) is not None and r.owner == os.getpid(): r.close()
+
+def _image_opts(fig, scale):
+    "What plotly's `write_image` passes kaleido: the layout's size (else the template's, else plotly's default) and the scale."
+    lay, d = fig.layout, pio.defaults
+    return dict(format='png', scale=scale, width=lay.width or lay.template.layout.width or d.default_width,
+                height=lay.height or lay.template.layout.height or d.default_height)
 
 def save_figure(fig: go.Figure,  # the figure
                 path,  # file path without suffix; folders are created
@@ -802,20 +956,22 @@ def save_figure(fig: go.Figure,  # the figure
     out, image = [path.with_suffix('.html')], path.with_suffix('.png')
     fig.write_html(out[0], include_plotlyjs='directory', full_html=True)
     if not png: return out
-    kept = Path(cache)/f'{hashlib.sha256(fig.to_json().encode()).hexdigest()}.png' if cache is not None else None
+    spec = fig.to_json()
+    kept = Path(cache)/f'{hashlib.sha256(spec.encode()).hexdigest()}.png' if cache is not None else None
     if kept is not None and kept.is_file():
-        shutil.copyfile(kept, image); out.append(image)
-    elif _png_ready():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')  # kaleido: "kopts ignored when using a server"
-                fig.write_image(image, scale=2)
-            out.append(image)
-        except Exception as e: _png_failed(e)
-        if kept is not None and image in out:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(kept, lambda tmp: shutil.copyfile(image, tmp))
-    return out
+        shutil.copyfile(kept, image); return out + [image]
+    with _PNG_LOCK:
+        if _PNG['ok'] is False: return out
+        try: _png_renderer().render(spec, image, _image_opts(fig, 2))
+        except _PNGError as e: _png_failed(e); return out
+        except BaseException:  # e.g. Ctrl-C while it draws: its late answer must not pass for the next figure's
+            if (r := _PNG['renderer']) is not None: _PNG['renderer'] = None; r.kill()
+            raise
+        _PNG['ok'] = True
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(kept, lambda tmp: shutil.copyfile(image, tmp))
+    return out + [image]
 
 # %% ../nbs/02_easy_vae_pca.ipynb #839b6395
 def cluster_runs(Z,  # latent points, (n, d)

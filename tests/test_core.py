@@ -1,5 +1,6 @@
 """mmvae.core: VAE building blocks and training, clustering and metrics, figures."""
 import hashlib, os, warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -387,20 +388,35 @@ def test_figures(blobs, tmp_path):
     assert all(f.is_file() for f in files)
 
 
-def test_save_figure_without_png_warns_once(tmp_path, monkeypatch):
-    import kaleido
+@pytest.fixture
+def fresh_png(monkeypatch):
+    "PNG export as in a fresh process (untried, no renderer); the state before is restored afterwards."
     import mmvae.core as core
-    def broken(*a, **k): raise RuntimeError('no Chromium here')
-    monkeypatch.setattr(kaleido, 'start_sync_server', broken)
     monkeypatch.setitem(core._PNG, 'ok', None)
+    monkeypatch.setitem(core._PNG, 'renderer', None)
+    yield core
+    if (r := core._PNG['renderer']) is not None: r.close()
+
+
+def test_save_figure_without_png_warns_once(tmp_path, monkeypatch, fresh_png):
+    monkeypatch.setenv('BROWSER_PATH', str(tmp_path/'nowhere'/'chromium'))  # kaleido's lookup finds nothing there
     fig = confusion([1, 2], [0, 1])
-    with pytest.warns(UserWarning, match='PNG export is unavailable'):
+    with pytest.warns(UserWarning, match=r'PNG export is unavailable: no browser at BROWSER_PATH=.*apt-get install chromium'):
         files = save_figure(fig, tmp_path/'a')
     assert [f.name for f in files] == ['a.html'] and not (tmp_path/'a.png').exists()
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # no second warning
         assert [f.name for f in save_figure(fig, tmp_path/'b')] == ['b.html']
     assert save_figure(fig, tmp_path/'c', png=False) == [tmp_path/'c.html']
+    assert fresh_png._PNG['renderer'] is None  # no renderer was started
+
+
+def test_no_browser_reasons(tmp_path, monkeypatch):
+    from mmvae.core import _no_browser
+    monkeypatch.setenv('BROWSER_PATH', str(tmp_path/'chromium'))
+    assert _no_browser() == f"no browser at BROWSER_PATH='{tmp_path/'chromium'}'"
+    (tmp_path/'chromium').write_text('#!/bin/sh\n'); (tmp_path/'chromium').chmod(0o755)
+    assert _no_browser() is None  # something is there: the renderer tries it, within its timeout
 
 
 # --- model cache ---------------------------------------------------------------------------------------------------
@@ -501,9 +517,9 @@ def test_projection_cache(X, tmp_path, monkeypatch):
         with pytest.raises(AssertionError, match='projected'): project_2d(*other, cache=tmp_path)
 
 
-def test_save_figure_png_cache(tmp_path, monkeypatch):
+def test_save_figure_png_cache(tmp_path, monkeypatch, fresh_png):
     "A figure rendered before is copied from the PNG cache (no kaleido needed); a changed figure is not."
-    import mmvae.core as core
+    core = fresh_png
     cache, fig = tmp_path/'png', confusion([1, 2, 2], [0, 1, 1])
     key = hashlib.sha256(fig.to_json().encode()).hexdigest()
     cache.mkdir(); (cache/f'{key}.png').write_bytes(b'rendered before')
@@ -512,3 +528,83 @@ def test_save_figure_png_cache(tmp_path, monkeypatch):
     assert [f.name for f in files] == ['a.html', 'a.png'] and files[1].read_bytes() == b'rendered before'
     changed = confusion([1, 2, 2], [0, 0, 1])
     assert [f.name for f in save_figure(changed, tmp_path/'b', cache=cache)] == ['b.html']
+
+
+def test_damaged_projection_cache_is_recomputed(X, tmp_path):
+    xy = project_2d(X, 'pca', 0, cache=tmp_path)
+    kept, = tmp_path.glob('*.npy')
+    good = kept.read_bytes()
+    for damage in (good[:90], b'', b'not an array', None):  # truncated, empty, garbage, another array of the right format
+        if damage is None: np.save(kept, np.zeros((3, 2)))
+        else: kept.write_bytes(damage)
+        with pytest.warns(UserWarning, match=f'projection cache {kept}: damaged'):
+            np.testing.assert_array_equal(project_2d(X, 'pca', 0, cache=tmp_path), xy)
+        assert kept.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == [kept.name]  # replaced, nothing left over
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        np.testing.assert_array_equal(project_2d(X, 'pca', 0, cache=tmp_path), xy)  # repaired
+
+
+# --- training in worker processes ----------------------------------------------------------------------------------
+
+def _fit_or_die(seed, cache, how='train'):
+    "A module-level fit for `train_parallel`: seed 1 kills its worker (never the caller, whose cache probe runs it first)."
+    import mmvae.core as core
+    if seed == 1 and how != 'train' and not core._PROBING['on']:
+        if how == 'exit': os._exit(3)
+        import signal
+        os.kill(os.getpid(), getattr(signal, how))  # SIGKILL: what the out-of-memory killer sends; SIGSEGV: a crash
+    seed_everything(seed)
+    m = MLPVAE(4, latent_dim=2, hidden=(8,))
+    x = np.random.default_rng(seed).normal(size=(64, 4)).astype(np.float32)
+    return train_model(m, {'x': x}, epochs=2, seed=seed, progress=False, device='cpu', cache=cache)
+
+
+_PARALLEL = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_core import _fit_or_die
+from mmvae.core import train_parallel
+for how in sys.argv[3:]:
+    try: r = 'ok: ' + repr(sorted(train_parallel(_fit_or_die, [(s, sys.argv[2], how) for s in range(3)], n_jobs=2)))
+    except Exception as e: r = f'{type(e).__name__}: {e}'
+    print(json.dumps(r), flush=True)
+"""
+
+
+def test_train_parallel_worker_that_dies_is_a_clear_error(tmp_path):
+    "os._exit, SIGKILL (what the out-of-memory killer sends) and a segfault in a worker: an error naming the jobs in flight."
+    import json, subprocess, sys
+    deaths = {'exit': 'EXIT(3)', 'SIGKILL': 'SIGKILL(-9)', 'SIGSEGV': 'SIGSEGV(-11)'}
+    r = subprocess.run([sys.executable, '-c', _PARALLEL, str(Path(__file__).parent), str(tmp_path), *deaths, 'train'],
+                       capture_output=True, text=True, timeout=600)  # in a process of its own, bounded: a hang fails here
+    assert r.returncode == 0, r.stderr[-3000:]
+    *died, rerun = map(json.loads, r.stdout.splitlines())
+    for message, (how, code) in zip(died, deaths.items(), strict=True):
+        assert message.startswith(f'RuntimeError: train_parallel: a worker process died (exit codes {{{code}}}); the jobs in flight then: ')
+        assert f"(1, '{tmp_path}', '{how}')" in message.split('in flight then: ')[1].split(';')[0]  # the job that killed its worker
+        assert 'had finished (they are in the model cache, so a rerun trains only the rest)' in message
+    assert rerun.startswith('ok: ') and len(list(tmp_path.glob('*.pt'))) == 3  # without the fault: trains what is missing
+
+
+def test_job_marks_of_killed_callers_are_swept():
+    import subprocess, sys, tempfile
+    from mmvae.core import _sweep_job_marks
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    dead, alive = (Path(tempfile.mkdtemp(prefix=f'mmvae-jobs-{pid}-')) for pid in (gone, os.getpid()))
+    _sweep_job_marks()
+    assert not dead.exists() and alive.is_dir()
+    alive.rmdir()
+
+
+def test_train_parallel_names_the_job_of_an_exception(tmp_path):
+    from mmvae.core import train_parallel
+    with pytest.raises(ZeroDivisionError) as e:
+        train_parallel(_divide, [(1,), (0,)], n_jobs=2)
+    assert 'in train_parallel job (0,)' in getattr(e.value, '__notes__', [])
+
+
+def _divide(d):
+    import mmvae.core as core
+    if core._PROBING['on']: raise core._NotCached('probe')  # as a fit with a model cache would: nothing cached yet
+    return 1 / d

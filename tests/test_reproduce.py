@@ -1,28 +1,38 @@
-"""`mmvae reproduce` end to end on a tiny demo profile, a failing notebook, and the docs preview in Chromium."""
-import json, re, shutil, subprocess, sys
+"""`mmvae reproduce` end to end on a tiny demo profile; failing, timed-out and dead notebooks; interrupts; unwritable run
+folders; broken datasets for `mmvae summary`; and the docs preview in Chromium."""
+import json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
-from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, latent_files, notebooks_dir, reproduce
+from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, latent_files, main, notebooks_dir, reproduce
 
 TOP = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 
 
+MMVAE = Path(sys.executable).parent/'mmvae'
+PLANTED = ('pretty_midi', 'mmvae', 'ipykernel_launcher')  # modules a kernel imports; copies of them are planted in --out
+
+
+def _planted(name) -> str:
+    return f"open({name!r} + '.SHADOWED', 'w').close()\nraise ImportError('the planted {name}.py in the run folder was imported')\n"
+
+
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
-    "A whole reproduction with the tiny profile, through the console script."
+    "A whole reproduction with the tiny profile, through the console script, into a run folder holding planted modules."
     out = tmp_path_factory.mktemp('run')
-    mmvae = Path(sys.executable).parent/'mmvae'
-    r = subprocess.run([str(mmvae), 'reproduce', '--profile', 'tiny', '--out', str(out)], capture_output=True, text=True)
+    for name in PLANTED: (out/f'{name}.py').write_text(_planted(name))
+    r = subprocess.run([str(MMVAE), 'reproduce', '--profile', 'tiny', '--out', str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r.stdout
+    return out, r.stdout, r.stderr
 
 
 def test_cli_runs_every_notebook(tiny_run):
-    out, stdout = tiny_run
+    out, stdout, stderr = tiny_run
     assert sorted(p.stem for p in (out/'notebooks').glob('*.ipynb')) == list(NOTEBOOKS)
     summary = pd.read_csv(out/'results'/'summary.csv')
     assert {'task', 'representation', 'clusterer', 'nmi_mean', 'nmi_std'} <= set(summary.columns)
@@ -32,6 +42,15 @@ def test_cli_runs_every_notebook(tiny_run):
     assert params['profile'] == 'tiny' and params['seeds'] == [0]
     checks = lambda p: sum('check' in c['metadata'].get('tags', []) for c in json.loads(p.read_text())['cells'])
     assert sum(map(checks, notebooks_dir().glob('0*.ipynb'))) >= 3 and sum(map(checks, (out/'notebooks').glob('*.ipynb'))) == 0
+    assert set(re.findall(r'\b(\d\d_\w+): \d+ s\b', stdout)) == set(NOTEBOOKS)  # a timing line per notebook
+    assert 'without encryption' not in stdout + stderr  # kernels talk over IPC, not TCP
+
+
+def test_run_folder_cannot_shadow_imports(tiny_run):
+    "The run succeeded (a planted module raises on import) and left the planted files as they were."
+    out, _, _ = tiny_run
+    assert sorted(p.name for p in out.glob('*.SHADOWED')) == []
+    for name in PLANTED: assert (out/f'{name}.py').read_text() == _planted(name)
 
 
 def test_explorer_on_a_run(tiny_run):
@@ -39,7 +58,7 @@ def test_explorer_on_a_run(tiny_run):
     from html import escape
     from plotly.callbacks import Points
     from mmvae.data import load_manifest
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     manifest = load_manifest(json.loads((out/'profile.json').read_text())['data_dir'])
     box = explorer(out/'results', manifest, cache=out/'cache'/'maps')
     (space, by), fig, (left, right) = box.children[0].children, box.children[1], box.children[2].children
@@ -59,16 +78,21 @@ def test_explorer_on_a_run(tiny_run):
     assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
 
 
-def _notebooks_with_failure(tmp_path, name, position, message) -> Path:
-    "A copy of the notebooks in which notebook `name` raises RuntimeError(message) at cell `position`."
+def _notebooks_with_cell(tmp_path, name, position, source) -> Path:
+    "A copy of the notebooks in which notebook `name` runs `source` at cell `position`."
     nbs = tmp_path/'nbs'
-    nbs.mkdir()
+    nbs.mkdir(parents=True)
     for n in NOTEBOOKS: shutil.copy(notebooks_dir()/f'{n}.ipynb', nbs)
     nb = json.loads((nbs/f'{name}.ipynb').read_text())
-    nb['cells'].insert(position, {'cell_type': 'code', 'id': 'failing', 'metadata': {}, 'outputs': [], 'execution_count': None,
-                                  'source': f'raise RuntimeError("{message}")'})
+    nb['cells'].insert(position, {'cell_type': 'code', 'id': 'inserted', 'metadata': {}, 'outputs': [], 'execution_count': None,
+                                  'source': source})
     (nbs/f'{name}.ipynb').write_text(json.dumps(nb))
     return nbs
+
+
+def _notebooks_with_failure(tmp_path, name, position, message) -> Path:
+    "A copy of the notebooks in which notebook `name` raises RuntimeError(message) at cell `position`."
+    return _notebooks_with_cell(tmp_path, name, position, f'raise RuntimeError("{message}")')
 
 
 def test_failing_notebook_stops_the_run(tmp_path):
@@ -86,11 +110,159 @@ def test_failing_task_notebook_stops_the_queue(tmp_path):
     assert not (tmp_path/'run'/'notebooks'/'03_medium_hybrid.ipynb').exists()
 
 
+def test_cell_timeout_and_dead_kernel(tmp_path):
+    "A cell that outlasts the cell timeout, and a kernel that dies, each stop the run naming the notebook, the cell and the executed copy."
+    nbs = _notebooks_with_cell(tmp_path/'slow', '00_data', 4, 'import time\ntime.sleep(600)')
+    copy = tmp_path/'run'/'notebooks'/'00_data.ipynb'
+    with pytest.raises(ReproduceError, match=r'notebook 00_data: cell \d+ \(`import time`\) ran longer than the cell timeout of 3 s') as e:
+        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['00'], cell_timeout=3)
+    assert f'executed copy: {copy}' in str(e.value) and copy.is_file()
+    nbs = _notebooks_with_cell(tmp_path/'dead', '00_data', 4, 'import os, signal\nos.kill(os.getpid(), signal.SIGKILL)')
+    with pytest.raises(ReproduceError, match=r'notebook 00_data: its kernel died \(killed by SIGKILL: usually the out-of-memory killer') as e:
+        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['00'])
+    assert re.search(r'in cell \d+ \(`import os, signal`\)', str(e.value)) and f'executed copy: {copy}' in str(e.value)
+
+
+class _Tree:
+    "Every descendant of a process seen while polling, and the kernels' connection files."
+    def __init__(self, pid): self.root, self.seen, self.connection_files = psutil.Process(pid), set(), set()
+    def poll(self):
+        try: kids = self.root.children(recursive=True)
+        except psutil.Error: return
+        self.seen.update(kids)
+        for k in kids:
+            try: cmd = k.cmdline()
+            except psutil.Error: continue
+            if '-f' in cmd and 'ipykernel_launcher' in ' '.join(cmd): self.connection_files.add(Path(cmd[cmd.index('-f') + 1]))
+    def alive(self) -> list:
+        def up(p):
+            try: return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error: return False
+        return [p for p in self.seen if up(p)]
+    def kernel_workers(self) -> list:
+        "The live loky workers started by a kernel."
+        def match(p):
+            try: return 'loky.backend.popen_loky_posix' in ' '.join(p.cmdline()) and 'ipykernel_launcher' in ' '.join(p.parent().cmdline())
+            except (psutil.Error, AttributeError): return False
+        return [p for p in self.alive() if match(p)]
+
+
+def _wait_for_kernel_workers(tree, proc, timeout=300):
+    "Poll until a kernel's loky workers are at work (bounded; fails if the run ends first)."
+    end, cpu = time.monotonic() + timeout, {}
+    while time.monotonic() < end:
+        tree.poll()
+        for w in tree.kernel_workers():
+            try: used = sum(w.cpu_times()[:2])
+            except psutil.Error: continue
+            if w in cpu and used > cpu[w] + .1: return  # busy, not just started
+            cpu[w] = used
+        assert proc.poll() is None, f'the run ended (code {proc.returncode}) before a kernel started loky workers'
+        time.sleep(.5)
+    pytest.fail(f'no busy loky worker of a kernel within {timeout} s')
+
+
+def test_interrupt_during_training_stops_everything(tiny_run, tmp_path):
+    "Ctrl-C (SIGINT) while the hard task trains its models in loky workers: the run ends within 10 s with code 130 and the resume hint, leaving no process and no connection file."
+    out = tmp_path/'run'
+    shutil.copytree(tiny_run[0]/'cache', out/'cache')  # demo and features warm; new seeds and epochs: 04 trains at once
+    log = (tmp_path/'stdout').open('w'), (tmp_path/'stderr').open('w')
+    p = subprocess.Popen([str(MMVAE), 'reproduce', '--profile', 'tiny', '--epochs', '3000', '--seeds', '5', '6', '7', '--only', '04', '--out', str(out)],
+                         stdout=log[0], stderr=log[1], start_new_session=True)
+    tree = _Tree(p.pid)
+    try:
+        _wait_for_kernel_workers(tree, p)  # 04's training pool at work
+        time.sleep(1); tree.poll()
+        assert tree.connection_files and len(tree.seen) >= 4  # runner, kernel, two workers (and loky's resource tracker)
+        os.kill(p.pid, signal.SIGINT)
+        start = time.monotonic()
+        rc = p.wait(timeout=60)
+        seconds = time.monotonic() - start
+    finally:
+        if p.poll() is None: p.kill()
+    left = tree.alive()
+    for q in left: q.kill()
+    stderr = (tmp_path/'stderr').read_text()
+    print(f'interrupted run stopped in {seconds:.1f} s')
+    assert seconds < 10 and rc == 130, (seconds, rc, stderr[-2000:])
+    assert left == [], [q.cmdline() for q in left]
+    assert [f for f in tree.connection_files if f.exists() or f.parent.exists()] == []
+    lines = [l for l in stderr.splitlines() if l.startswith('mmvae:')]
+    assert len(lines) == 1 and 'to resume, run the same command again' in lines[0] and 'Traceback' not in stderr, stderr[-2000:]
+
+
+def test_killed_mmvae_leaves_no_process(tmp_path):
+    "After SIGKILL of the process running `reproduce`, its runner ends the kernel and the kernel's loky workers within seconds."
+    out = tmp_path/'run'
+    nbs = _notebooks_with_cell(tmp_path, '00_data', 4, 'from joblib import Parallel, delayed\n'
+                               'Parallel(n_jobs=2)(delayed(sum)(range(10 ** 12)) for _ in range(2))')  # two busy workers
+    code = f'from mmvae.analysis import reproduce; reproduce("tiny", out={str(out)!r}, nbs={str(nbs)!r}, only=["00"])'
+    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tree = _Tree(p.pid)
+    try:
+        _wait_for_kernel_workers(tree, p)
+        time.sleep(1); tree.poll()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        end = time.monotonic() + 10
+        while tree.alive() and time.monotonic() < end: time.sleep(.1)
+        left = tree.alive()
+    finally:
+        for q in tree.alive(): q.kill()
+    assert left == [], [q.cmdline() for q in left]
+    assert tree.connection_files and [f for f in tree.connection_files if f.exists()] == []
+
+
+def test_unwritable_run_folder(tmp_path, capsys):
+    "--out that is a file, or a read-only folder (or one inside it): one `mmvae:` line naming the folder and why, exit 1."
+    f = tmp_path/'a file'
+    f.write_text('x')
+    assert main(['reproduce', '--profile', 'tiny', '--out', str(f)]) == 1
+    assert capsys.readouterr().err == f"mmvae: cannot write the run folder {f}: it is a file, not a folder\n"
+    ro = tmp_path/'read-only'
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes through chmod: make a real read-only folder, a bind mount in a private mount namespace
+        wrap = ['unshare', '-m', '--propagation', 'private', 'sh', '-c',
+                'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"', 'sh', str(ro)]
+        if not shutil.which('unshare') or subprocess.run([*wrap, 'true']).returncode: pytest.skip('cannot make a read-only folder as root here')
+        reason = 'Read-only file system'
+    else: wrap, reason = [], 'Permission denied'; ro.chmod(0o555)
+    for target in (ro, ro/'run'):
+        r = subprocess.run([*wrap, str(MMVAE), 'reproduce', '--profile', 'tiny', '--out', str(target)], capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (1, f"mmvae: cannot write the run folder {target}: {reason}\n"), r.stderr[-2000:]
+    assert list(ro.iterdir()) == []
+
+
+def test_summary_of_broken_datasets(tmp_path, capsys):
+    "`mmvae summary` on damaged datasets prints the summary or one `mmvae:` line, never a traceback."
+    from mmvae.data import demo_dataset
+    demo = demo_dataset(tmp_path/'cache', n_songs=10, seconds=1.0)
+    def broken(name, damage):
+        d = tmp_path/name
+        shutil.copytree(demo, d, symlinks=True)
+        damage(d)
+        return d
+    cases = {
+        'missing folder': tmp_path/'nowhere',
+        'empty folder': broken('empty', lambda d: [shutil.rmtree(d), d.mkdir()]),
+        'dangling symlink': broken('symlink', lambda d: (d/'Audio'/'999.mp3').symlink_to(d/'gone.mp3')),
+        'clusters.txt a folder': broken('folder', lambda d: [(d/'clusters.txt').unlink(), (d/'clusters.txt').mkdir()]),
+        'clusters.txt binary': broken('binary', lambda d: (d/'clusters.txt').write_bytes(os.urandom(500))),
+        'info csv binary': broken('info', lambda d: (d/'dataset info.csv').write_bytes(b'\xff\xfe\x00\xd8' + os.urandom(300))),
+    }
+    capsys.readouterr()
+    for case, d in cases.items():
+        rc = main(['summary', '--data', str(d)])
+        out, err = capsys.readouterr()
+        assert rc in (0, 1) and 'Traceback' not in out + err, (case, err)
+        assert (rc == 0 and 'audio' in out) or (rc == 1 and err.startswith('mmvae: ') and err.count('\n') == 1), (case, rc, out, err)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')
 def test_docs_preview_in_browser(tiny_run, tmp_path):
     "Every preview page loads, every plotly figure draws (with plotly.js embedded, offline), and the browser logs no error."
     from playwright.sync_api import sync_playwright
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     site = tmp_path/'site'
     r = subprocess.run([sys.executable, str(TOP/'tools'/'preview_docs.py'), str(out/'notebooks'), '--out', str(site)],
                        capture_output=True, text=True)
