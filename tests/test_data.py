@@ -257,7 +257,7 @@ def test_read_info_csv_alone(tmp_path):
     (tmp_path/INFO_CSV).write_text('Title;Filename;\nA;1.mp3;\nB;;\n')
     with pytest.warns(UserWarning, match='line 3: no Filename field'):
         info = read_info_csv(tmp_path/INFO_CSV)
-    assert info['title'].to_dict() == {'001': 'A'} and info.attrs['skipped']['modality'].tolist() == ['metadata']
+    assert info['title'].to_dict() == {'001': 'A'} and manifest_skipped(info)['modality'].tolist() == ['metadata']
 
 
 # --- media files -----------------------------------------------------------------------------------------------
