@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mmvae.data import load_manifest, make_demo_dataset
-from mmvae.features import FeatureConfig, build_features, extract_audio, magnitude_stft, _decode, _cores, _process_pool
+from mmvae.features import FeatureConfig, build_features, cpu_cores, decode_audio, extract_audio, magnitude_stft, process_pool
 
 
 def seed_pipeline(path, sr=22050, duration=30.0):
@@ -44,7 +44,7 @@ def seed_pipeline(path, sr=22050, duration=30.0):
 
 def floor(path, config):
     "Decode plus one STFT: the least any extractor of spectral features has to do."
-    y, _ = _decode(path, config.sr, config.duration, config.offset)
+    y, _ = decode_audio(path, config)
     return magnitude_stft(y, config.n_fft, config.hop_length)
 
 
@@ -87,7 +87,7 @@ def main(argv=None):
     ap.add_argument('--json', default=None, help='also write the measurements to this JSON file')
     args = ap.parse_args(argv)
     warnings.simplefilter('ignore')
-    jobs = args.jobs or _cores()
+    jobs = args.jobs or cpu_cores()
     tmp = Path(tempfile.mkdtemp(prefix='mmvae-bench-'))
     try:
         data = Path(args.data)
@@ -153,7 +153,7 @@ def main(argv=None):
                   f"{t_big:.1f} s, {len(big) / t_big:.2f} clips/s")
             print(f"  peak RSS, process tree (sampled): {mem.peak / 2**20:,.0f} MiB   (goal < 2 GB); FeatureSet arrays {nbytes / 2**20:.1f} MiB")
             result.update(memory_rows=len(big), memory_run_s=t_big, peak_rss_memory_run_mib=mem.peak / 2**20)
-        _process_pool(jobs).shutdown(wait=True)  # the extraction workers exit: their maxima reach RUSAGE_CHILDREN
+        process_pool(jobs).shutdown(wait=True)  # the extraction workers exit: their maxima reach RUSAGE_CHILDREN
         kb = lambda who: resource.getrusage(who).ru_maxrss / 1024
         print(f"  getrusage max RSS: this process {kb(resource.RUSAGE_SELF):,.0f} MiB, largest child {kb(resource.RUSAGE_CHILDREN):,.0f} MiB")
         result.update(maxrss_self_mib=kb(resource.RUSAGE_SELF), maxrss_largest_child_mib=kb(resource.RUSAGE_CHILDREN))

@@ -5,36 +5,56 @@
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
 import atexit, copy, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, TransformerMixin
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
 
 # %% auto #0
-__all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'get_device', 'seed_everything', 'as_list', 'limit_threads', 'ModelOutput',
-           'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'mlp', 'MLPVAE', 'train_model', 'training_key',
-           'cached_training', 'embed', 'model_device', 'reconstruct', 'train_parallel', 'active_units', 'standardize',
-           'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate', 'align_labels',
-           'evaluate', 'summarize_runs', 'linear_probe', 'setup_plotly', 'project_2d', 'latent_map', 'training_curves',
-           'metric_bars', 'confusion', 'save_figure', 'cluster_runs', 'save_run_outputs']
+__all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'RUN_KEYS', 'TASK_DIRS', 'ASSIGNMENT_COLUMNS', 'get_device', 'seed_everything',
+           'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput', 'gaussian_kl', 'reparameterize',
+           'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE', 'MLPVAE', 'TrainConfig',
+           'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache', 'as_cache', 'embed',
+           'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units', 'standardize', 'VAEEmbedder',
+           'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate', 'align_labels', 'evaluate',
+           'summarize_runs', 'format_pm', 'compare', 'linear_probe', 'setup_plotly', 'project_2d', 'latent_map',
+           'song_hover', 'training_curves', 'metric_bars', 'confusion', 'save_figure', 'score_clustering',
+           'cluster_runs', 'write_results', 'read_runs', 'read_assignments', 'latent_files', 'read_latent']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
     "CUDA when available, else the CPU."
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
-def seed_everything(seed: int):
-    "Seed Python, NumPy and torch (CPU and CUDA); on CUDA also ask for deterministic kernels (cuDNN, cuBLAS, the rest warn)."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # deterministic cuBLAS (read when cuBLAS starts)
-        torch.cuda.manual_seed_all(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    from torch.backends import cudnn  # imported here: as a global it would stop cloudpickle sending notebook functions to workers
+def _deterministic_cuda():
+    "On CUDA, ask for deterministic kernels (cuDNN, cuBLAS; the rest warn)."
+    if not torch.cuda.is_available(): return
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # deterministic cuBLAS (read when cuBLAS starts)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    from torch.backends import cudnn  # imported here: as a global, cloudpickle could not send notebook-defined code to workers
     cudnn.deterministic, cudnn.benchmark = True, False
+
+def seed_everything(seed: int):
+    "Seed Python, NumPy and torch (CPU and CUDA) globally, for interactive use; the library itself uses `seeded`."
+    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    _deterministic_cuda()
+
+@contextmanager
+def seeded(seed: int):
+    "Run a block with torch's generators (CPU and every CUDA device) seeded with `seed`; their state outside is restored."
+    _deterministic_cuda()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        yield
 
 def as_list(value,  # a list or tuple, a string such as '[0, 1, 2]' or '0,1,2' (what `papermill -p` passes), or one value
             type=int,  # applied to every item
@@ -49,6 +69,21 @@ def limit_threads(n: int = 1):
     from threadpoolctl import threadpool_limits
     torch.set_num_threads(n)
     return threadpool_limits(n)
+
+def write_atomic(path: Path,  # the file to (re)place
+                 write,  # write(tmp) writes the content to the temporary file `tmp`
+                ):
+    "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` (never half a file)."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        write(tmp); os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+
+def slug(name) -> str:
+    "A representation's id: its display name in file-safe form (`β-VAE (β=4)` → `beta_vae_beta_4`, `PCA` → `pca`)."
+    return '_'.join(re.sub(r'[^0-9a-z]+', ' ', str(name).lower().replace('β', 'beta')).split())
+
 
 # %% ../nbs/02_easy_vae_pca.ipynb #742abce4
 @dataclass
@@ -88,6 +123,21 @@ def poe(mus: torch.Tensor,  # (modalities, batch, latent) expert means
     mu = (prec * mus).sum(0) / total
     return mu, -torch.log(total)
 
+# %% ../nbs/02_easy_vae_pca.ipynb #548cc63d
+def modality_mask(batch: dict,  # the batch: `batch[f'{m}_mask']` marks where modality m is present
+                  modalities,  # modality names, in the model's order
+                  like: torch.Tensor,  # a tensor of the batch (its length, dtype and device)
+                 ) -> torch.Tensor:
+    "(batch, modalities) float mask from the `<m>_mask` entries; a modality without one is present everywhere."
+    ones = torch.ones(len(like), dtype=like.dtype, device=like.device)
+    return torch.stack([batch[f'{m}_mask'].to(like.dtype) if f'{m}_mask' in batch else ones for m in modalities], 1)
+
+def modality_weights(dims: dict,  # modality name → input width, the first one the reference
+                    ) -> dict:
+    "Reconstruction weight per modality, the one rule of every multi-modal model: the first modality's width over its own."
+    ref = next(iter(dims.values()))
+    return {m: ref / d for m, d in dims.items()}
+
 # %% ../nbs/02_easy_vae_pca.ipynb #f0f0b5a0
 def mlp(sizes,  # layer widths, input first: (in, h1, h2, ...)
         dropout: float = 0.,  # dropout after each activation
@@ -102,39 +152,62 @@ def mlp(sizes,  # layer widths, input first: (in, h1, h2, ...)
     return nn.Sequential(*layers)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #e49df199
-class MLPVAE(nn.Module):
-    "A VAE with MLP encoder and decoder for feature vectors; unit-variance Gaussian decoder, β-weighted KL."
+class VAE(nn.Module):
+    "Base of every model here: `forward` is the β-weighted ELBO; a subclass gives `encode`, `decode`, `recon` (its likelihood) and, for another prior, `kl`."
+    beta: float = 1.0  # weight of the KL term (subclasses set it in __init__)
+
+    def encode(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
+        "Posterior mean and log-variance, each (batch, latent_dim)."
+        raise NotImplementedError
+
+    def decode(self, z, **batch):
+        "Reconstruction(s) from the code `z` (a tensor, or a dict per modality)."
+        raise NotImplementedError
+
+    def recon(self, x_hat, **batch) -> tuple[torch.Tensor, dict]:
+        "Per-example reconstruction error, shape (batch,), and its named parts (per example) to log."
+        raise NotImplementedError
+
+    def kl(self, mu, logvar, z) -> torch.Tensor:
+        "Per-example KL of the posterior from the prior, here N(0, I)."
+        return gaussian_kl(mu, logvar)
+
+    def sample(self, mu, logvar) -> torch.Tensor:
+        "The code the decoder sees: a sample while training, the posterior mean in evaluation (so the validation loss is deterministic)."
+        return reparameterize(mu, logvar) if self.training else mu
+
+    def forward(self, **batch) -> ModelOutput:
+        mu, logvar = self.encode(**batch)
+        z = self.sample(mu, logvar)
+        x_hat = self.decode(z, **batch)
+        recon, parts = self.recon(x_hat, **batch)
+        kl = self.kl(mu, logvar, z)
+        logs = {k: v.mean().detach() for k, v in {'recon': recon, **parts, 'kl': kl}.items()}
+        return ModelOutput(loss=(recon + self.beta * kl).mean(), logs=logs, x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+
+# %% ../nbs/02_easy_vae_pca.ipynb #7ce3451d
+class MLPVAE(VAE):
+    "A VAE with MLP encoder and decoder for feature vectors `x`; unit-variance Gaussian decoder, β-weighted KL."
     def __init__(self, in_dim: int,  # input features
                  latent_dim: int = 8,  # latent dimensions
                  hidden=(128, 64),  # encoder widths (the decoder mirrors them)
                  beta: float = 1.0,  # weight of the KL term
                  dropout: float = 0.,  # dropout in the hidden layers
-                 cond_dim: int = 0,  # width of a condition concatenated to the encoder and decoder inputs (CVAE); 0: none
                 ):
         super().__init__()
         self.in_dim, self.latent_dim, self.beta = in_dim, latent_dim, beta
         hidden = tuple(hidden)
-        self.encoder = mlp((in_dim + cond_dim, *hidden), dropout)
+        self.encoder = mlp((in_dim, *hidden), dropout)
         self.mu_head, self.logvar_head = nn.Linear(hidden[-1], latent_dim), nn.Linear(hidden[-1], latent_dim)
-        self.decoder = nn.Sequential(mlp((latent_dim + cond_dim, *hidden[::-1]), dropout), nn.Linear(hidden[0], in_dim))
+        self.decoder = nn.Sequential(mlp((latent_dim, *hidden[::-1]), dropout), nn.Linear(hidden[0], in_dim))
 
     def encode(self, x, **_):
-        "Posterior mean and log-variance, each (batch, latent_dim)."
         h = self.encoder(x)
         return self.mu_head(h), self.logvar_head(h).clamp(-20, 10)
 
-    def decode(self, z):
-        "Reconstruction of x from a latent z."
-        return self.decoder(z)
+    def decode(self, z, **_): return self.decoder(z)
 
-    def forward(self, x, **_) -> ModelOutput:
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar)
-        x_hat = self.decode(z)
-        recon = recon_error(x_hat, x)  # per example, summed over features
-        kl = gaussian_kl(mu, logvar)
-        return ModelOutput(loss=(recon + self.beta * kl).mean(), logs=dict(recon=recon.mean(), kl=kl.mean()),
-                           x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+    def recon(self, x_hat, x, **_): return recon_error(x_hat, x), {}
 
 # %% ../nbs/02_easy_vae_pca.ipynb #71623695
 def _as_tensors(data: dict) -> dict:
@@ -159,41 +232,56 @@ def _run_epoch(model, tensors, idx, batch_size, device, opt=None, gen=None):
         n += len(b)
     return {k: v / n for k, v in sums.items()}
 
+# %% ../nbs/02_easy_vae_pca.ipynb #b1d410a2
+@dataclass(frozen=True)
+class TrainConfig:
+    "How a model is trained: Adam, early stopping on a held-out share of the rows, the best epoch's weights kept."
+    epochs: int = 30  # maximum number of epochs
+    batch_size: int = 64  # examples per batch
+    lr: float = 1e-3  # Adam learning rate
+    val_frac: float = 0.15  # share of rows held out for early stopping (0: stop on the training loss)
+    patience: int = 10  # epochs without validation improvement before stopping
+    weight_decay: float = 0.  # Adam weight decay
+
+    def __post_init__(self):
+        if not 0 <= self.val_frac < 1: raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
+
 # %% ../nbs/02_easy_vae_pca.ipynb #86288e4c
-def _fit(model, data, epochs, batch_size, lr, val_frac, patience, seed, weight_decay, device, progress, checkpoint):
-    "The training loop of `train_model` (arguments as there, `device` a torch.device)."
+def fit_model(model: nn.Module,  # returns a ModelOutput from model(**batch); trained in place
+              data: dict,  # name → array, one row per example
+              config: TrainConfig,  # epochs, batch size, learning rate, validation share, patience
+              seed: int,  # seeds the split, batch order and sampling noise
+              device: torch.device,  # where to train
+              progress: bool = False,  # show a tqdm bar
+             ) -> pd.DataFrame:
+    "The training procedure of `train_model`: Adam with early stopping; the best epoch's weights restored; the loss history."
     from tqdm.auto import tqdm
-    seed_everything(seed)
     tensors = _as_tensors(data)
     n = len(next(iter(tensors.values())))
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    n_val = int(round(val_frac * n)) if val_frac > 0 and n >= 4 else 0
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)  # all parameters in one op: same numbers, on CPU twice as fast for small MLPs
-    rows, best, best_state, waited = [], np.inf, None, 0
-    bar = tqdm(range(1, epochs + 1), desc=type(model).__name__, disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        tr = _run_epoch(model, tensors, train_idx, batch_size, device, opt, gen)
-        model.eval()
-        with torch.no_grad(): va = _run_epoch(model, tensors, val_idx, batch_size, device) if n_val else {}
-        rows.append({'epoch': epoch, **{f'train_{k}': v for k, v in tr.items()}, **{f'val_{k}': v for k, v in va.items()}})
-        if not np.isfinite(tr['loss']): warnings.warn(f"{type(model).__name__}: training loss is {tr['loss']} at epoch {epoch}: stopped"); break
-        score = va.get('loss', tr['loss'])
-        if score < best:
-            best, waited = score, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else: waited += 1
-        bar.set_postfix(train=f"{tr['loss']:.3g}", val=f"{va.get('loss', float('nan')):.3g}")
-        if waited >= patience: break
-    if best_state is not None:
-        if checkpoint is not None:
-            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(best_state, checkpoint)
-            best_state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(best_state)
+    with seeded(seed):
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=gen)
+        n_val = int(round(config.val_frac * n)) if config.val_frac > 0 and n >= 4 else 0
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        model.to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)  # all parameters in one op: same numbers, on CPU twice as fast for small MLPs
+        rows, best, best_state, waited = [], np.inf, None, 0
+        bar = tqdm(range(1, config.epochs + 1), desc=type(model).__name__, disable=not progress, leave=False)
+        for epoch in bar:
+            model.train()
+            tr = _run_epoch(model, tensors, train_idx, config.batch_size, device, opt, gen)
+            model.eval()
+            with torch.no_grad(): va = _run_epoch(model, tensors, val_idx, config.batch_size, device) if n_val else {}
+            rows.append({'epoch': epoch, **{f'train_{k}': v for k, v in tr.items()}, **{f'val_{k}': v for k, v in va.items()}})
+            if not np.isfinite(tr['loss']): warnings.warn(f"{type(model).__name__}: training loss is {tr['loss']} at epoch {epoch}: stopped"); break
+            score = va.get('loss', tr['loss'])
+            if score < best:
+                best, waited = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else: waited += 1
+            bar.set_postfix(train=f"{tr['loss']:.3g}", val=f"{va.get('loss', float('nan')):.3g}")
+            if waited >= config.patience: break
+    if best_state is not None: model.load_state_dict(best_state)
     model.eval()
     hist = pd.DataFrame(rows)
     if 'val_loss' not in hist: hist['val_loss'] = np.nan
@@ -202,26 +290,20 @@ def _fit(model, data, epochs, batch_size, lr, val_frac, patience, seed, weight_d
 
 def train_model(model: nn.Module,  # returns a ModelOutput from model(**batch)
                 data: dict,  # name → array, one row per example (e.g. {'x': X})
-                epochs: int = 30,  # maximum number of epochs
-                batch_size: int = 64,  # examples per batch
-                lr: float = 1e-3,  # Adam learning rate
-                val_frac: float = 0.15,  # share of rows held out for early stopping (0: stop on the training loss)
-                patience: int = 10,  # epochs without validation improvement before stopping
+                config: TrainConfig = None,  # how to train; None → TrainConfig()
                 seed: int = 0,  # seeds the split, batch order and sampling noise
                 device=None,  # torch device; None → CUDA when available
                 progress: bool = True,  # show a tqdm bar
-                weight_decay: float = 0.,  # Adam weight decay
                 checkpoint=None,  # file to write the best weights to (read back with weights_only=True)
-                cache=None,  # folder of trained models: the same training run again is loaded from it instead
+                cache=None,  # a `ModelCache` or its folder: the same training run again is loaded from it instead
+                procedure=None,  # procedure(model, data, config, seed, device, progress) → history; None → `fit_model`
                ) -> pd.DataFrame:
-    "Train `model` with Adam and early stopping; restore the best epoch's weights; return the loss history."
-    if not 0 <= val_frac < 1: raise ValueError(f"val_frac must be in [0, 1), got {val_frac}")
+    "Train `model` (in place) with `procedure`, or load the same training from `cache`; return the loss history."
+    config, procedure = config or TrainConfig(), procedure or fit_model
     device = torch.device(device) if device is not None else get_device()
-    args = dict(procedure='train_model', epochs=epochs, batch_size=batch_size, lr=lr, val_frac=val_frac,
-                patience=patience, seed=seed, weight_decay=weight_decay)
-    hist = cached_training(model, data, args, cache, lambda: _fit(model, data, **{k: v for k, v in args.items() if k != 'procedure'},
-                                                                  device=device, progress=progress, checkpoint=checkpoint), device=device)
-    if checkpoint is not None:  # (again, in case the weights came from the cache)
+    run = lambda: procedure(model, data, config, seed, device, progress)
+    hist = run() if cache is None else as_cache(cache).train(model, data, training_args(config, seed, procedure, device), run, device)
+    if checkpoint is not None:
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), checkpoint)
     return hist
@@ -240,9 +322,13 @@ def _canon(v):
         return f'{type(v).__name__}{tuple(v.shape)}:{hashlib.sha256(b.tobytes()).hexdigest()}'
     return f'<{type(v).__qualname__}>'
 
+def training_args(config: TrainConfig, seed: int, procedure, device) -> dict:
+    "What decides a training run besides the model and the data: the config, the seed, the procedure and the kind of device."
+    return dict(procedure=getattr(procedure, '__qualname__', str(procedure)), **asdict(config), seed=seed, device=torch.device(device).type)
+
 def training_key(model: nn.Module,  # the model as it is before training (initialised)
                  data: dict,  # name → array, the training data
-                 args: dict,  # training arguments (JSON-able values)
+                 args: dict,  # training arguments (JSON-able values), e.g. `training_args(...)`
                 ) -> str:
     "SHA-256 (hex) of the model's class, simple attributes and initial weights, the data arrays and the training arguments."
     h = hashlib.sha256()
@@ -250,7 +336,7 @@ def training_key(model: nn.Module,  # the model as it is before training (initia
         for p in parts:
             b = p if isinstance(p, bytes) else str(p).encode()
             h.update(len(b).to_bytes(8, 'little')); h.update(b)
-    put('mmvae.training_key/1', type(model).__name__)
+    put('mmvae.training_key/2', type(model).__name__)
     put(json.dumps({f'{name}.{k}': _canon(v) for name, m in model.named_modules() for k, v in sorted(vars(m).items())
                     if not k.startswith('_') and k != 'training'}, sort_keys=True))
     for name, t in model.state_dict().items():
@@ -263,55 +349,57 @@ def training_key(model: nn.Module,  # the model as it is before training (initia
     put(json.dumps(_canon(dict(args)), sort_keys=True))
     return h.hexdigest()
 
-def _write_atomic(path: Path, write):
-    "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path` (never half a file)."
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+class ModelCache:
+    "A folder of trained models, one entry per `training_key`: the same training again is loaded instead of run."
+    def __init__(self, folder): self.folder = Path(folder)
+    def __repr__(self): return f'ModelCache({str(self.folder)!r})'
+    def _files(self, key): return [self.folder/f'{key}{suffix}' for suffix in ('.pt', '.csv', '.json')]
 
-def _read_history(csv: Path, meta: Path) -> pd.DataFrame:
-    hist = pd.read_csv(csv)
-    hist.attrs.update(json.loads(meta.read_text())['attrs'])
-    return hist
+    def has(self, key: str) -> bool:
+        "Whether an entry for `key` is complete (it may still turn out unreadable: `train` then trains again)."
+        return all(f.is_file() for f in self._files(key))
 
-class _NotCached(Exception): "`cached_training` met a training that is not in the cache while probing (see `train_parallel`)."
-_PROBING = {'on': False}  # set by `_probe`: misses raise `_NotCached` instead of training (a dict: notebook-defined trainers pickle with it)
-
-def cached_training(model: nn.Module,  # initialised, untrained; trained (or loaded) in place
-                    data: dict,  # name → array, what `train_fn` trains on
-                    args: dict,  # everything else that decides the outcome (JSON-able values)
-                    cache,  # folder of trained models; None → just `train_fn()`
-                    train_fn,  # () → history DataFrame: trains `model` in place
-                    device=None,  # where a loaded model goes; None → CUDA when available
-                   ) -> pd.DataFrame:
-    "`train_fn()`, unless `cache` holds this exact training (`training_key`): then load the weights and history instead."
-    if cache is None:
-        if _PROBING['on']: raise _NotCached('no model cache')
-        return train_fn()
-    device = torch.device(device) if device is not None else get_device()
-    args = dict(args, device=device.type)
-    cache, key = Path(cache), training_key(model, data, args)
-    pt, csv, meta = (cache/f'{key}{suffix}' for suffix in ('.pt', '.csv', '.json'))
-    if pt.is_file() and csv.is_file() and meta.is_file():
+    def load(self, model: nn.Module, key: str, device) -> pd.DataFrame | None:
+        "Load the entry's weights into `model` (on `device`) and return its history; None when absent or unreadable (with a warning)."
+        pt, csv, meta = self._files(key)
+        if not self.has(key): return None
         try:
-            state, hist = torch.load(pt, map_location=device, weights_only=True), _read_history(csv, meta)
+            state = torch.load(pt, map_location=device, weights_only=True)
+            hist = pd.read_csv(csv)
+            hist.attrs.update(json.loads(meta.read_text())['attrs'])
             model.to(device).load_state_dict(state)
-            model.eval()
-            return hist
         except Exception as e:  # a damaged entry is retrained and replaced, not fatal
-            warnings.warn(f"model cache {pt}: unreadable ({e}); training again")
-    if _PROBING['on']: raise _NotCached(key)
-    hist = train_fn()
-    cache.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _write_atomic(pt, lambda p: torch.save(state, p))
-    _write_atomic(csv, lambda p: hist.to_csv(p, index=False))
-    info = dict(model=type(model).__name__, args=_canon(args), data={k: [str(np.asarray(v).dtype), list(np.shape(v))] for k, v in data.items()},
-                attrs=_canon(dict(hist.attrs)))
-    _write_atomic(meta, lambda p: p.write_text(json.dumps(info, indent=1)))
-    return _read_history(csv, meta)
+            warnings.warn(f"model cache {pt}: unreadable ({e}); training again"); return None
+        model.eval()
+        return hist
+
+    def save(self, model: nn.Module, key: str, hist: pd.DataFrame, info: dict):
+        "Write the entry (weights, history, what the key was made of), each file atomically."
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pt, csv, meta = self._files(key)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        write_atomic(pt, lambda p: torch.save(state, p))
+        write_atomic(csv, lambda p: hist.to_csv(p, index=False))
+        write_atomic(meta, lambda p: p.write_text(json.dumps(info | dict(attrs=_canon(dict(hist.attrs))), indent=1)))
+
+    def train(self, model: nn.Module,  # initialised, untrained; trained (or loaded) in place
+              data: dict,  # name → array, what `train_fn` trains on
+              args: dict,  # everything else that decides the outcome (JSON-able values)
+              train_fn,  # () → history DataFrame: trains `model` in place
+              device=None,  # where a loaded model goes; None → CUDA when available
+             ) -> pd.DataFrame:
+        "`train_fn()` unless the cache holds this exact training: then its weights and history, loaded."
+        device = torch.device(device) if device is not None else get_device()
+        key = training_key(model, data, args)
+        if (hist := self.load(model, key, device)) is not None: return hist
+        hist = train_fn()
+        self.save(model, key, hist, dict(model=type(model).__name__, args=_canon(args),
+                                          data={k: [str(np.asarray(v).dtype), list(np.shape(v))] for k, v in data.items()}))
+        return self.load(model, key, device)  # as read back: a hit and a miss give the same table to the last bit
+
+def as_cache(cache) -> ModelCache:
+    "A `ModelCache` from itself or its folder."
+    return cache if isinstance(cache, ModelCache) else ModelCache(cache)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #2c42b325
 def embed(model: nn.Module,  # has encode(**batch) -> (mu, logvar)
@@ -341,55 +429,74 @@ def _to_numpy(x):
     "A tensor, or a dict of tensors, as NumPy on the CPU."
     return {k: _to_numpy(v) for k, v in x.items()} if isinstance(x, dict) else x.detach().cpu().numpy()
 
-def reconstruct(model: nn.Module,  # has encode(**batch) -> (mu, logvar) and decode(z)
+def reconstruct(model: nn.Module,  # has encode(**batch) -> (mu, logvar) and decode(z, **batch)
                 data: dict,  # name → array, as for `train_model`
                 batch_size: int = 256,  # examples per batch
                 device=None,  # torch device; None → where the model's parameters are
                ):
-    "Reconstructions decoded from the posterior means, `model.decode(model.encode(**batch)[0])`, as NumPy (a dict of arrays when decode returns a dict)."
-    outs = _map_batches(model, data, lambda b: _to_numpy(model.decode(model.encode(**b)[0])), batch_size, device)
+    "Reconstructions decoded from the posterior means, `model.decode(model.encode(**batch)[0], **batch)`, as NumPy (a dict of arrays when decode returns a dict)."
+    outs = _map_batches(model, data, lambda b: _to_numpy(model.decode(model.encode(**b)[0], **b)), batch_size, device)
     if isinstance(outs[0], dict): return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
 
+# %% ../nbs/02_easy_vae_pca.ipynb #5803671b
+@dataclass
+class TrainJob:
+    "One model to build and train: picklable (a model class from an importable module, its arguments, data, config, seed)."
+    model: type  # an nn.Module class (a `VAE`), defined in a module
+    kwargs: dict  # its arguments
+    data: dict  # name → array, what it trains on
+    seed: int = 0  # seeds the initial weights and the training
+    config: TrainConfig = field(default_factory=TrainConfig)  # how it trains
+    procedure: Callable = None  # a module-level procedure (see `train_model`); None → `fit_model`
+
+    def build(self) -> nn.Module:
+        "The untrained model, its weights drawn under `seeded(seed)`."
+        with seeded(self.seed): return self.model(**self.kwargs)
+
+    def key(self, device) -> str:
+        "The model-cache key of this training on `device`."
+        return training_key(self.build(), self.data, training_args(self.config, self.seed, self.procedure or fit_model, device))
+
+    def run(self, cache=None, device=None, progress: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+        "Build and train it (or load it from `cache`): the model and its history."
+        model = self.build()
+        return model, train_model(model, self.data, self.config, self.seed, device, progress, cache=cache, procedure=self.procedure)
+
+
 # %% ../nbs/02_easy_vae_pca.ipynb #017473a5
-def train_parallel(fit,  # fit(*job) builds, trains and caches one model (e.g. via `train_model(..., cache=...)`)
-                   jobs: list,  # argument tuples, one per model (e.g. (name, seed))
+def train_parallel(jobs: dict,  # name → `TrainJob`
+                   cache=None,  # a `ModelCache` or folder; needed to train in worker processes
                    n_jobs: int = 0,  # worker processes; 0 → one per CPU core; 1 → all in this process
                    threads: int = 1,  # torch and BLAS threads in each worker
+                   device=None,  # torch device; None → CUDA when available
                   ) -> dict:
-    "`{job: fit(*job)}` for every job; on a CPU with `n_jobs` > 1, jobs not yet in the model cache first train at once in worker processes, so here they are loaded."
-    jobs, n_jobs, done = [tuple(job) for job in jobs], n_jobs or os.cpu_count() or 1, {}
-    if n_jobs > 1 and not torch.cuda.is_available():  # on a GPU the models train one after the other, here
-        done = {job: r for job in jobs if (r := _probe(fit, job)) is not _MISS}  # a warm rerun starts no worker
-        todo = [job for job in jobs if job not in done]
-        if min(n_jobs, len(todo)) > 1: _train_in_workers(fit, todo, min(n_jobs, len(todo)), threads)
-    return {job: done[job] if job in done else fit(*job) for job in jobs}
+    "`{name: (model, history)}` for every job. On a CPU with a cache and `n_jobs` > 1, the jobs not yet cached train at once in worker processes and are loaded here."
+    device = torch.device(device) if device is not None else get_device()
+    n_jobs = n_jobs or os.cpu_count() or 1
+    if cache is not None and n_jobs > 1 and device.type == 'cpu':  # on a GPU the models train one after the other, here
+        cache = as_cache(cache)
+        todo = {name: job for name, job in jobs.items() if not cache.has(job.key(device))}  # a warm rerun starts no worker
+        if len(todo) > 1: _train_in_workers(todo, cache, min(n_jobs, len(todo)), threads)
+    return {name: job.run(cache, device) for name, job in jobs.items()}
 
-_MISS = object()
-
-def _probe(fit, job):
-    "`fit(*job)` when every model it trains is in the cache (then loaded, nothing trained), else `_MISS`."
-    _PROBING['on'] = True
-    try: return fit(*job)
-    except _NotCached: return _MISS
-    finally: _PROBING['on'] = False
-
-def _train_in_workers(fit, todo, n_jobs, threads):
-    "`fit(*job)` for every job in `n_jobs` worker processes; a worker that dies is an error naming the jobs it was among."
+def _train_in_workers(todo, cache, n_jobs, threads):
+    "Train every job of `todo` in `n_jobs` worker processes into `cache`; a worker that dies is an error naming the jobs it was among."
     from concurrent.futures.process import BrokenProcessPool
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
     _sweep_job_marks()
+    names = list(todo)
     running, finished = Path(tempfile.mkdtemp(prefix=f'mmvae-jobs-{os.getpid()}-')), 0  # a worker marks the job it runs (file: its number)
     try:
         work = Parallel(n_jobs=n_jobs, return_as='generator_unordered', max_nbytes=None)(  # no memmaps: training data stays writable
-            delayed(_fit_in_worker)(fit, job, threads, running/str(i)) for i, job in enumerate(todo))
-        for _ in tqdm(work, total=len(todo), desc=f'training ({n_jobs} processes)'): finished += 1
+            delayed(_train_in_worker)(name, todo[name], cache, threads, running/str(i)) for i, name in enumerate(names))
+        for _ in tqdm(work, total=len(names), desc=f'training ({n_jobs} processes)'): finished += 1
     except BrokenProcessPool as e:  # loky's TerminatedWorkerError: a crash, os._exit, or the system killing it (out of memory)
         codes = re.search(r'exit codes of the workers are (\{.*?\})', str(e))
-        flying = [todo[int(p.name)] for p in sorted(running.iterdir(), key=lambda p: int(p.name))]
+        flying = [names[int(p.name)] for p in sorted(running.iterdir(), key=lambda p: int(p.name))]
         raise RuntimeError(f"train_parallel: a worker process died{f' (exit codes {codes[1]})' if codes else ''}; the jobs in flight "
-                           f"then: {', '.join(map(repr, flying)) or 'none'}; {finished} of {len(todo)} had finished (they are in the model "
+                           f"then: {', '.join(map(repr, flying)) or 'none'}; {finished} of {len(names)} had finished (they are in the model "
                            "cache, so a rerun trains only the rest). Usual causes: a crash (segfault) or the system ending a worker for "
                            "lack of memory; with n_jobs=1 the training runs in this process, where the error shows itself.") from None
     finally: shutil.rmtree(running, ignore_errors=True)
@@ -402,13 +509,12 @@ def _sweep_job_marks():
             if not psutil.pid_exists(int(d.name.split('-')[2])): shutil.rmtree(d, ignore_errors=True)
         except ValueError: pass
 
-def _fit_in_worker(fit, job, threads, mark):
+def _train_in_worker(name, job, cache, threads, mark):
     mark.write_text(str(os.getpid()))
     limit_threads(threads)
-    try: fit(*job)  # what it returns stays in the worker: the trained model is in the cache
+    try: job.run(cache, torch.device('cpu'))  # the trained model stays in the worker: it is in the cache
     except Exception as e:
-        if hasattr(e, 'add_note'): e.add_note(f'in train_parallel job {job!r}')
-        raise
+        e.add_note(f'in train_parallel job {name!r}'); raise
     finally: mark.unlink(missing_ok=True)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #e2f611a1
@@ -445,10 +551,10 @@ class VAEEmbedder(TransformerMixin, BaseEstimator):
                  patience: int = 10,  # early-stopping patience, in epochs
                  val_frac: float = 0.15,  # share of rows held out for early stopping
                  dropout: float = 0.,  # dropout in the hidden layers
-                 random_state: int = 0,  # seeds initialisation, split, batches and sampling
+                 random_state: int = 0,  # seeds initialisation, split, batches and sampling (no global generator is touched)
                  device=None,  # torch device; None → CUDA when available
                  progress: bool = False,  # show a tqdm bar while training
-                 cache=None,  # folder of trained models (see `train_model`); None → always train
+                 cache=None,  # a `ModelCache` or its folder; None → always train
                 ):
         self.latent_dim, self.hidden, self.beta, self.epochs, self.batch_size = latent_dim, hidden, beta, epochs, batch_size
         self.lr, self.patience, self.val_frac, self.dropout = lr, patience, val_frac, dropout
@@ -456,24 +562,25 @@ class VAEEmbedder(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         "Train a fresh VAE on the rows of X (y is ignored)."
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2: raise ValueError(f"VAEEmbedder expects a 2-D array, got shape {X.shape}")
-        self.n_features_in_ = X.shape[1]
-        seed = 0 if self.random_state is None else int(self.random_state)
-        seed_everything(seed)
-        self.model_ = MLPVAE(X.shape[1], self.latent_dim, self.hidden, self.beta, self.dropout)
-        self.history_ = train_model(self.model_, {'x': X}, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                    val_frac=self.val_frac, patience=self.patience, seed=seed, device=self.device,
-                                    progress=self.progress, cache=self.cache)
+        from sklearn.utils.validation import validate_data
+        X = validate_data(self, X, dtype=np.float32)
+        job = TrainJob(MLPVAE, dict(in_dim=X.shape[1], latent_dim=self.latent_dim, hidden=tuple(self.hidden), beta=self.beta,
+                                    dropout=self.dropout), {'x': X}, 0 if self.random_state is None else int(self.random_state),
+                       TrainConfig(self.epochs, self.batch_size, self.lr, self.val_frac, self.patience))
+        self.model_ = job.build()
+        self.history_ = train_model(self.model_, job.data, job.config, job.seed, self.device, self.progress, cache=self.cache)
         return self
 
     def transform(self, X) -> np.ndarray:
         "Posterior means, shape (n, latent_dim)."
-        if not hasattr(self, 'model_'): raise ValueError("this VAEEmbedder is not fitted yet: call fit first")
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} features, got shape {X.shape}")
-        return embed(self.model_, {'x': X})
+        from sklearn.utils.validation import check_is_fitted, validate_data
+        check_is_fitted(self)
+        return embed(self.model_, {'x': validate_data(self, X, dtype=np.float32, reset=False)})
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ['float32']  # the network computes in float32, whatever comes in
+        return tags
 
     def get_feature_names_out(self, input_features=None):
         return np.array([f'z{i}' for i in range(self.latent_dim)], dtype=object)
@@ -523,8 +630,6 @@ def cluster(Z,  # latent points, (n, d)
     return labels, info
 
 # %% ../nbs/02_easy_vae_pca.ipynb #eac5d338
-from scipy.optimize import linear_sum_assignment
-
 def _contingency(y_true, y_pred):
     "Counts (clusters × classes) over the non-noise points, and the cluster and class values."
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -614,6 +719,36 @@ def summarize_runs(df: pd.DataFrame,  # tidy per-run rows
     if 'note' in df: out['n_undefined'] = g['note'].agg(lambda s: int(s.fillna('').str.contains('undefined|every point is noise').sum()))
     return out.reset_index()
 
+# %% ../nbs/02_easy_vae_pca.ipynb #694a7058
+def format_pm(summary: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, `<metric>_std`
+              metrics,  # metric names, e.g. ['acc', 'nmi']
+              index=('representation', 'clusterer'),  # columns kept as the index (those present)
+              digits: int = 3,  # decimals
+             ) -> pd.DataFrame:
+    "A display table: 'mean ± std' per metric ('mean' alone for one run, 'n/a' where undefined)."
+    cell = lambda m, s: 'n/a' if pd.isna(m) else f'{m:.{digits}f}' if pd.isna(s) else f'{m:.{digits}f} ± {s:.{digits}f}'
+    out = pd.DataFrame({m: [cell(a, b) for a, b in zip(summary[f'{m}_mean'], summary[f'{m}_std'])] for m in metrics})
+    keep = [c for c in index if c in summary]
+    return out.set_index(pd.MultiIndex.from_frame(summary[keep]) if len(keep) > 1 else pd.Index(summary[keep[0]])) if keep else out
+
+# %% ../nbs/02_easy_vae_pca.ipynb #c401f879
+def compare(summary: pd.DataFrame,  # from `summarize_runs`, with representation and clusterer columns
+            a: str, b: str,  # representation ids (or display names) to compare: a against b
+            clusterer: str = 'kmeans',  # the clusterer of both runs
+            metric: str = 'nmi',  # the metric
+           ) -> str:
+    "A sentence comparing two representations under one clusterer, the larger seed spread as the yardstick."
+    s = summary.set_index(['representation', 'clusterer'])
+    def get(r):
+        key = r if (r, clusterer) in s.index else slug(r)
+        row = s.loc[(key, clusterer)]
+        return row.get('name', key), row[f'{metric}_mean'], 0. if pd.isna(row[f'{metric}_std']) else row[f'{metric}_std']
+    (na, ma, sa), (nb_, mb, sb) = get(a), get(b)
+    d, spread = ma - mb, max(sa, sb)
+    verdict = 'about the same as' if abs(d) <= spread else 'better than' if d > 0 else 'worse than'
+    return (f"With {clusterer}, {na} scores {metric.upper()} {ma:.3f} ± {sa:.3f} against {mb:.3f} ± {sb:.3f} for {nb_}: "
+            f"{verdict} it (difference {d:+.3f}, largest seed spread {spread:.3f}).")
+
 # %% ../nbs/02_easy_vae_pca.ipynb #24f4f4f8
 def linear_probe(Z,  # latent points, (n, d)
                  y,  # classes
@@ -636,11 +771,6 @@ def linear_probe(Z,  # latent points, (n, d)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     pred = cross_val_predict(clf, np.asarray(Z), y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return float(f1_score(y, pred, average='macro'))
-
-# %% ../nbs/02_easy_vae_pca.ipynb #3c23c9e6
-import plotly.graph_objects as go
-import plotly.io as pio
-from plotly.subplots import make_subplots
 
 # %% ../nbs/02_easy_vae_pca.ipynb #c6cd9bc4
 def setup_plotly(renderer: str = 'notebook',  # a plotly renderer that draws in static HTML ('notebook' embeds plotly.js once)
@@ -675,7 +805,7 @@ def project_2d(Z,  # points, (n, d)
     def write(tmp):
         with open(tmp, 'wb') as f: np.save(f, xy, allow_pickle=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, write)
+    write_atomic(path, write)
     return xy
 
 def _project(Z, method, random_state):
@@ -731,6 +861,15 @@ def latent_map(Z,  # latent points, (n, d)
     fig.update_yaxes(showticklabels=False, title_text=f'{method} 2' if Z.shape[1] > 2 else 'z1')
     fig.update_layout(title=title, width=420 * len(colorings) + 160, height=460, legend=dict(groupclick='toggleitem'))
     return fig
+
+# %% ../nbs/02_easy_vae_pca.ipynb #831a7373
+def song_hover(manifest: pd.DataFrame,  # with id and, where the info CSV gives them, title and artist
+               ids,  # the songs, in plot order
+              ) -> list[str]:
+    "Hover text per song: 'id · title — artist' (blank where the manifest has no title or artist)."
+    info = manifest.set_index('id').reindex(ids)
+    blank = pd.Series('', index=info.index)
+    return [f"{i} · {t} — {a}" for i, t, a in zip(ids, info.get('title', blank).fillna(''), info.get('artist', blank).fillna(''))]
 
 # %% ../nbs/02_easy_vae_pca.ipynb #74cc92e9
 def training_curves(history,  # a `train_model` history, or a dict {run name: history}
@@ -970,37 +1109,91 @@ def save_figure(fig: go.Figure,  # the figure
         _PNG['ok'] = True
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(kept, lambda tmp: shutil.copyfile(image, tmp))
+        write_atomic(kept, lambda tmp: shutil.copyfile(image, tmp))
     return out + [image]
 
 # %% ../nbs/02_easy_vae_pca.ipynb #839b6395
+RUN_KEYS = ('task', 'representation', 'name', 'clusterer', 'seed')  # the first columns of every run row
+TASK_DIRS = {'easy': 'easy_task', 'medium': 'medium_task', 'hard': 'hard_task'}  # task → its folder under the results root
+ASSIGNMENT_COLUMNS = ('id', 'representation', 'clusterer', 'seed', 'label')
+
+def score_clustering(Z,  # the latent points that were clustered, (n, d)
+                     labels,  # predicted clusters (noise -1)
+                     y_true,  # true classes (moods), only to score
+                     ids,  # song ids, one per row of Z
+                     *, task: str, name: str,  # the task and the representation's display name
+                     clusterer: str, seed: int,  # what clustered, with which seed
+                     **extra,  # more columns, e.g. probe_f1=..., eps=...
+                    ) -> tuple[dict, pd.DataFrame]:
+    "One run row (RUN_KEYS, dim, the metrics of `evaluate`, extras) and its predicted clusters (ASSIGNMENT_COLUMNS)."
+    labels = np.asarray(labels, dtype=int)
+    row = dict(task=task, representation=slug(name), name=name, clusterer=clusterer, seed=seed, dim=int(np.asarray(Z).shape[1]))
+    assigned = pd.DataFrame(dict(id=np.asarray(ids, dtype=str), representation=row['representation'], clusterer=clusterer, seed=seed, label=labels))
+    return row | evaluate(Z, labels, y_true) | extra, assigned
+
 def cluster_runs(Z,  # latent points, (n, d)
                  y_true,  # true classes (moods), only to score
                  ids,  # song ids, one per row of Z
                  seed: int = 0,  # seeds the clusterers
                  methods=CLUSTERERS,  # clusterers to run
                  k: int = 5,  # clusters asked for (all but DBSCAN)
-                 **tags,  # columns put first in every row, e.g. task='easy', representation='vae'
+                 *, task: str, name: str,  # the task and the representation's display name
+                 **extra,  # more columns for every row, e.g. probe_f1=...
                 ) -> tuple[list[dict], pd.DataFrame]:
-    "Cluster Z with each method: metric rows (tags, clusterer, seed, evaluate(...), eps) and the long table of labels."
-    rows, labels_all = [], []
+    "Cluster Z with each method: the run rows (`score_clustering`) and the long table of predicted clusters."
+    rows, assigned = [], []
     for m in methods:
         labels, info = cluster(Z, m, k=k, random_state=seed)
-        rows.append(tags | dict(clusterer=m, seed=seed, dim=int(np.asarray(Z).shape[1])) | evaluate(Z, labels, y_true)
-                    | dict(eps=info.get('eps', np.nan)))
-        labels_all.append(pd.DataFrame(dict(id=np.asarray(ids, dtype=str), representation=tags.get('representation', ''),
-                                            clusterer=m, seed=seed, label=labels)))
-    return rows, pd.concat(labels_all, ignore_index=True)
+        row, a = score_clustering(Z, labels, y_true, ids, task=task, name=name, clusterer=m, seed=seed, eps=info.get('eps', np.nan), **extra)
+        rows.append(row); assigned.append(a)
+    return rows, pd.concat(assigned, ignore_index=True)
 
-def save_run_outputs(task_dir,  # e.g. results/easy_task
-                     assignments: pd.DataFrame,  # long table: id, representation, clusterer, seed, label
-                     latents: dict = None,  # representation → (ids, Z), for the first seed
-                    ) -> list[Path]:
-    "Write `assignments.csv` and `latents/<representation>.npz`; return the files written."
-    task_dir = Path(task_dir); (task_dir/'latents').mkdir(parents=True, exist_ok=True)
-    out = [task_dir/'assignments.csv']
-    assignments[['id', 'representation', 'clusterer', 'seed', 'label']].to_csv(out[0], index=False)
+# %% ../nbs/02_easy_vae_pca.ipynb #4da19b3d
+def write_results(results,  # the results root, e.g. `out_dir`
+                  task: str,  # a key of TASK_DIRS
+                  runs,  # run rows (dicts or a DataFrame) starting with RUN_KEYS
+                  assignments: pd.DataFrame,  # predicted clusters, ASSIGNMENT_COLUMNS
+                  latents: dict = None,  # representation id → (ids, Z), e.g. for the first seed
+                 ) -> list[Path]:
+    "Write a task's results: runs.csv, summary.csv (mean ± std over seeds), assignments.csv and latents/<id>.npz; the files written."
+    if task not in TASK_DIRS: raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_DIRS)}")
+    runs = pd.DataFrame(runs)
+    if missing := [c for c in RUN_KEYS if c not in runs]: raise ValueError(f"run rows lack {missing}: make them with score_clustering or cluster_runs")
+    if (bad := set(runs['task']) - {task}): raise ValueError(f"rows of task {sorted(bad)} among the {task!r} results")
+    if (names := runs.groupby('representation')['name'].nunique()).gt(1).any():
+        raise ValueError(f"one representation id, several names: {', '.join(names[names > 1].index)}")
+    for rep in latents or {}:
+        if rep != slug(rep): raise ValueError(f"latents are keyed by representation id: {rep!r} is not one (slug gives {slug(rep)!r})")
+    folder = Path(results)/TASK_DIRS[task]; (folder/'latents').mkdir(parents=True, exist_ok=True)
+    out = [folder/f for f in ('runs.csv', 'summary.csv', 'assignments.csv')]
+    runs.to_csv(out[0], index=False)
+    summarize_runs(runs, [k for k in RUN_KEYS if k != 'seed']).to_csv(out[1], index=False)
+    assignments[list(ASSIGNMENT_COLUMNS)].to_csv(out[2], index=False)
     for rep, (ids, Z) in (latents or {}).items():
-        out.append(task_dir/'latents'/f'{rep}.npz')
+        out.append(folder/'latents'/f'{rep}.npz')
         np.savez(out[-1], ids=np.asarray(ids, dtype=str), z=np.asarray(Z, dtype=np.float32))
     return out
+
+def read_runs(results) -> pd.DataFrame:
+    "Every task's run rows in one table (a task without results is said and left out)."
+    frames = []
+    for task, sub in TASK_DIRS.items():
+        path = Path(results)/sub/'runs.csv'
+        if path.is_file(): frames.append(pd.read_csv(path, dtype={'representation': str, 'name': str, 'note': str}))
+        else: print(f"no results for the {task} task: {path} not found")
+    if not frames: raise FileNotFoundError(f"no task results under {results}: run the task notebooks 02-04 first")
+    return pd.concat(frames, ignore_index=True)
+
+def read_assignments(results) -> pd.DataFrame:
+    "Every task's predicted clusters (ASSIGNMENT_COLUMNS and task; ids as strings)."
+    paths = {task: Path(results)/sub/'assignments.csv' for task, sub in TASK_DIRS.items()}
+    frames = [pd.read_csv(p, dtype={'id': str, 'representation': str}).assign(task=t) for t, p in paths.items() if p.is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ASSIGNMENT_COLUMNS, 'task'])
+
+def latent_files(results) -> dict:
+    "The saved latent spaces: (task, representation id) → npz path."
+    return {(task, p.stem): p for task, sub in TASK_DIRS.items() for p in sorted((Path(results)/sub/'latents').glob('*.npz'))}
+
+def read_latent(path) -> tuple[np.ndarray, np.ndarray]:
+    "The song ids and latent points of a saved latent space."
+    with np.load(path, allow_pickle=False) as f: return f['ids'].astype(str), f['z']

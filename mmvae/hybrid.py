@@ -5,14 +5,25 @@
 # %% ../nbs/03_medium_hybrid.ipynb #78ab1a90
 from __future__ import annotations
 import math
+from dataclasses import dataclass
+from pathlib import Path
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
-from .core import ModelOutput, gaussian_kl, reparameterize, mlp, recon_error, poe, standardize
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
+from .core import VAE, TrainConfig, TrainJob, seeded, mlp, recon_error, poe, modality_mask, modality_weights, standardize
+from .core import train_parallel, embed, reconstruct, active_units, linear_probe, cluster_runs, summarize_runs, compare
+from .core import slug, write_results, TASK_DIRS, align_labels, latent_map, training_curves
 
 # %% auto #0
-__all__ = ['LYRICS_FEATURES', 'ConvEncoder', 'ConvDecoder', 'ConvVAE', 'HybridVAE', 'balance_blocks', 'medium_inputs',
-           'reconstruction_figure']
+__all__ = ['LYRICS_FEATURES', 'MEDIUM_CLUSTERERS', 'ConvEncoder', 'ConvDecoder', 'ConvVAE', 'HybridVAE', 'balance_blocks',
+           'medium_inputs', 'init_balance', 'pca_inputs', 'medium_jobs', 'representation_table', 'patch_r2',
+           'vae_diagnostics', 'MediumRun', 'run_medium', 'medium_comparisons', 'medium_findings', 'vae_curves',
+           'kmeans_maps', 'reconstruction_figure', 'medium_reconstructions']
 
 # %% ../nbs/03_medium_hybrid.ipynb #92137b25
 def _norm(c: int) -> nn.GroupNorm:
@@ -55,8 +66,8 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.fc(z).view(-1, *self.start)).squeeze(1)
 
 # %% ../nbs/03_medium_hybrid.ipynb #99b765a9
-class ConvVAE(nn.Module):
-    "VAE on log-mel patches: convolutional encoder, transposed-convolutional decoder."
+class ConvVAE(VAE):
+    "VAE on log-mel patches `mel`: convolutional encoder, transposed-convolutional decoder, unit-variance Gaussian likelihood."
     def __init__(self, shape=(64, 64),  # (mel bands, frames) of a patch
                  latent_dim: int = 8,  # latent dimensions
                  channels=(8, 16, 32),  # channels of the stride-2 convolutions
@@ -66,25 +77,15 @@ class ConvVAE(nn.Module):
         self.encoder = ConvEncoder(shape, latent_dim, channels)
         self.decoder = ConvDecoder(shape, latent_dim, channels)
 
-    def encode(self, mel, **_):
-        "Posterior mean and log-variance, each (batch, latent_dim); other batch fields are ignored."
-        return self.encoder(mel)
-
-    def decode(self, z):
-        "A patch (batch, bands, frames) from a latent z."
-        return self.decoder(z)
-
-    def forward(self, mel, **_) -> ModelOutput:
-        mu, logvar = self.encode(mel)
-        z = reparameterize(mu, logvar)
-        x_hat = self.decode(z)
-        recon, kl = recon_error(x_hat, mel), gaussian_kl(mu, logvar)
-        return ModelOutput(loss=(recon + self.beta * kl).mean(), logs={'recon': recon.mean().detach(), 'kl': kl.mean().detach()},
-                           x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+    def encode(self, mel, **_): return self.encoder(mel)
+    def decode(self, z, **_): return self.decoder(z)
+    def recon(self, x_hat, mel, **_): return recon_error(x_hat, mel), {}
 
 # %% ../nbs/03_medium_hybrid.ipynb #1fa9a37a
-class HybridVAE(nn.Module):
-    "Audio (log-mel patch) + lyrics VAE: product-of-experts latent, a decoder per modality, missing lyrics masked out."
+class HybridVAE(VAE):
+    "Audio (`mel`) + lyrics VAE: product-of-experts latent, a decoder per modality, songs without lyrics (`lyrics_mask` 0) masked out."
+    modalities = ('mel', 'lyrics')  # the experts and the columns of `modality_mask`, the weights' reference first
+
     def __init__(self, shape=(64, 64),  # (mel bands, frames) of a patch
                  lyrics_dim: int = 384,  # width of the lyrics vector
                  latent_dim: int = 8,  # latent dimensions
@@ -98,30 +99,25 @@ class HybridVAE(nn.Module):
         hidden = tuple(hidden)
         self.lyrics_encoder = nn.Sequential(mlp((lyrics_dim, *hidden)), nn.Linear(hidden[-1], 2 * latent_dim))
         self.lyrics_decoder = nn.Sequential(mlp((latent_dim, *hidden[::-1])), nn.Linear(hidden[0], lyrics_dim))
-        d_audio, d_lyrics = math.prod(self.shape), lyrics_dim
-        self.weights = {'audio': (d_audio + d_lyrics) / (2 * d_audio), 'lyrics': (d_audio + d_lyrics) / (2 * d_lyrics)}
+        self.weights = modality_weights({'mel': math.prod(self.shape), 'lyrics': lyrics_dim})
 
-    def encode(self, mel, lyrics, lyrics_mask, **_):
-        "Joint posterior (mean, log-variance): audio expert × lyrics expert (where `lyrics_mask`) × prior."
-        m = lyrics_mask.to(mel.dtype)
+    def encode(self, mel, lyrics, **batch):
+        "Joint posterior (mean, log-variance): audio expert × lyrics expert (where present) × prior."
+        mask = modality_mask(batch, self.modalities, mel)
         mu_a, lv_a = self.audio_encoder(mel)
-        mu_l, lv_l = self.lyrics_encoder(lyrics * m[:, None]).chunk(2, dim=-1)
-        return poe(torch.stack([mu_a, mu_l]), torch.stack([lv_a, lv_l.clamp(-20, 10)]), torch.stack([torch.ones_like(m), m], 1))
+        mu_l, lv_l = self.lyrics_encoder(lyrics * mask[:, 1:]).chunk(2, dim=-1)
+        return poe(torch.stack([mu_a, mu_l]), torch.stack([lv_a, lv_l.clamp(-20, 10)]), mask)
 
-    def decode(self, z):
+    def decode(self, z, **_):
         "Reconstructions {'mel': (batch, bands, frames), 'lyrics': (batch, lyrics_dim)} from a latent z."
         return {'mel': self.audio_decoder(z), 'lyrics': self.lyrics_decoder(z)}
 
-    def forward(self, mel, lyrics, lyrics_mask, **_) -> ModelOutput:
-        m = lyrics_mask.to(mel.dtype)
-        mu, logvar = self.encode(mel, lyrics, lyrics_mask)
-        z = reparameterize(mu, logvar)
-        x_hat = self.decode(z)
-        rec_a = self.weights['audio'] * recon_error(x_hat['mel'], mel)
-        rec_l = self.weights['lyrics'] * m * recon_error(x_hat['lyrics'], lyrics)
-        kl = gaussian_kl(mu, logvar)
-        logs = {'recon_audio': rec_a.mean().detach(), 'recon_lyrics': rec_l.mean().detach(), 'kl': kl.mean().detach()}
-        return ModelOutput(loss=(rec_a + rec_l + self.beta * kl).mean(), logs=logs, x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+    def recon(self, x_hat, mel, lyrics, **batch):
+        "Weighted errors of the patch and of the lyrics where present (logged as recon_audio and recon_lyrics), and their sum."
+        mask = modality_mask(batch, self.modalities, mel)
+        audio = self.weights['mel'] * recon_error(x_hat['mel'], mel)
+        lyr = self.weights['lyrics'] * mask[:, 1] * recon_error(x_hat['lyrics'], lyrics)
+        return audio + lyr, {'recon_audio': audio, 'recon_lyrics': lyr}
 
 # %% ../nbs/03_medium_hybrid.ipynb #47c344a4
 def balance_blocks(*blocks) -> np.ndarray:
@@ -145,13 +141,250 @@ def medium_inputs(feats,  # a `FeatureSet` (mmvae.features)
     mel = standardize(feats.mel[rows].reshape(len(rows), -1), axis=None).reshape(feats.mel[rows].shape)
     return rows, {'mel': mel, 'lyrics': lyrics.astype(np.float32), 'lyrics_mask': has}
 
+# %% ../nbs/03_medium_hybrid.ipynb #c89009ed
+def init_balance(data: dict,  # `medium_inputs`' model inputs
+                 seed: int = 0,  # seeds the initial weights
+                 **kwargs,  # the other arguments of `HybridVAE`: latent_dim, channels, hidden, beta
+                ) -> str:
+    "A sentence on the weighted reconstruction terms of an untrained `HybridVAE` on `data` (neither should dwarf the other)."
+    with seeded(seed): model = HybridVAE(data['mel'].shape[1:], data['lyrics'].shape[1], **kwargs).eval()
+    with torch.no_grad(): logs = model(**{k: torch.as_tensor(v) for k, v in data.items()}).logs
+    has = np.asarray(data['lyrics_mask'], bool)
+    audio = float(logs['recon_audio'])
+    lyrics = float(logs['recon_lyrics']) * len(has) / max(1, has.sum())  # per song with lyrics
+    if not (has.any() and lyrics > 0):
+        return f"no song has lyrics: the hybrid model is trained on audio alone (weighted audio term at initialisation {audio:.0f})"
+    return (f"weighted reconstruction terms at initialisation: audio {audio:.0f}, lyrics {lyrics:.0f} per song with lyrics "
+            f"(ratio {audio / lyrics:.2f}; unweighted it would be {audio / lyrics * model.weights['lyrics'] / model.weights['mel']:.1f})")
+
+# %% ../nbs/03_medium_hybrid.ipynb #4f910a4d
+def pca_inputs(data: dict,  # `medium_inputs`' model inputs
+              ) -> dict:
+    "The PCA baselines' inputs, display name → (songs, features): the flattened patch, and patch and lyrics balanced by `balance_blocks`."
+    return {'PCA': data['mel'].reshape(len(data['mel']), -1), 'PCA (mel + lyrics)': balance_blocks(data['mel'], data['lyrics'])}
+
+# %% ../nbs/03_medium_hybrid.ipynb #d9f2f624
+def medium_jobs(data: dict,  # `medium_inputs`' model inputs
+                seeds,  # one job per VAE and seed
+                config: TrainConfig = TrainConfig(),  # how every VAE trains
+                latent_dim: int = 8,  # latent dimensions
+                channels=(8, 16, 32),  # channels of the stride-2 convolutions
+                hidden=(128,),  # hidden sizes of the lyrics encoder
+                beta: float = 1.0,  # KL weight of both VAEs
+               ) -> dict:
+    "The VAEs of the task, `{(display name, seed): TrainJob}`: 'Conv VAE' on the patches, 'Hybrid VAE' on patches and lyrics."
+    kw = dict(shape=data['mel'].shape[1:], latent_dim=latent_dim, channels=tuple(channels), beta=beta)
+    vaes = {'Conv VAE': (ConvVAE, kw, {'mel': data['mel']}),
+            'Hybrid VAE': (HybridVAE, dict(lyrics_dim=data['lyrics'].shape[1], hidden=tuple(hidden), **kw), data)}
+    return {(name, seed): TrainJob(cls, kwargs, inputs, seed, config) for name, (cls, kwargs, inputs) in vaes.items() for seed in seeds}
+
+# %% ../nbs/03_medium_hybrid.ipynb #4bc98702
+def representation_table(data: dict,  # `medium_inputs`' model inputs
+                         jobs: dict,  # from `medium_jobs`
+                        ) -> pd.DataFrame:
+    "One row per representation: id, display name, model, what it reads, and its trainable weights (none for PCA)."
+    rows = [dict(representation=slug(n), name=n, model='PCA', inputs=inputs, weights=0)
+            for n, inputs in zip(pca_inputs(data), ('mel', 'mel, lyrics'))]
+    first = {}
+    for (name, _), job in jobs.items(): first.setdefault(name, job)
+    for name, job in first.items():
+        rows.append(dict(representation=slug(name), name=name, model=job.model.__name__, inputs=', '.join(job.data),
+                         weights=sum(p.numel() for p in job.build().parameters())))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/03_medium_hybrid.ipynb #62e9567b
+def patch_r2(model: nn.Module,  # has encode and decode; decode gives the patch, or a dict with 'mel'
+             data: dict,  # its inputs, with 'mel'
+            ) -> float:
+    "Share of the patch variance the model's reconstructions from the posterior means explain (R²)."
+    x_hat = reconstruct(model, data)  # on the model's device, back as NumPy
+    x_hat = x_hat['mel'] if isinstance(x_hat, dict) else x_hat
+    return float(1 - ((x_hat - data['mel']) ** 2).sum() / ((data['mel'] - data['mel'].mean()) ** 2).sum())
+
+# %% ../nbs/03_medium_hybrid.ipynb #1498e622
+def vae_diagnostics(model: nn.Module,  # a trained VAE
+                    history: pd.DataFrame,  # its training history (`train_model`)
+                    data: dict,  # its inputs
+                    Z=None,  # its posterior means on `data`, when already computed
+                   ) -> dict:
+    "Epochs run, the best epoch and its validation loss, active units, patch R² and the lyrics gap (NaN without a lyrics term)."
+    best = history.loc[history['val_loss'].idxmin()]
+    gap = (best['val_recon_lyrics'] / best['train_recon_lyrics'] if 'val_recon_lyrics' in history and best['train_recon_lyrics'] > 0
+           else np.nan)
+    return dict(epochs_run=len(history), best_epoch=int(best['epoch']), best_val_loss=best['val_loss'],
+                active_units=active_units(embed(model, data) if Z is None else Z), patch_r2=patch_r2(model, data), lyrics_gap=gap)
+
+# %% ../nbs/03_medium_hybrid.ipynb #0d3cf155
+@dataclass
+class MediumRun:
+    "What the medium task's experiment produced; the dicts are keyed by (display name, seed)."
+    runs: pd.DataFrame  # run rows (the result contract's): one per representation, clusterer and seed
+    assignments: pd.DataFrame  # predicted clusters: id, representation, clusterer, seed, label
+    summary: pd.DataFrame  # `summarize_runs` of the runs over seeds, by task, representation, name and clusterer
+    latents: dict  # (name, seed) → the (songs, latent_dim) codes
+    models: dict  # (VAE name, seed) → the trained model
+    histories: dict  # (VAE name, seed) → its training history
+    diagnostics: pd.DataFrame  # `vae_diagnostics` per VAE and seed
+    ids: np.ndarray  # song ids, one per row of every latent
+    seeds: list  # the seeds, in run order
+
+    @property
+    def names(self) -> list:
+        "The representations' display names, in run order."
+        return list(dict.fromkeys(n for n, _ in self.latents))
+
+    def write(self, results) -> list[Path]:
+        "Write the runs, assignments and first seed's latents (`write_results`) and `vae_diagnostics.csv`; the files written."
+        first = self.seeds[0]
+        files = write_results(results, 'medium', self.runs, self.assignments, {slug(n): (self.ids, self.latents[n, first]) for n in self.names})
+        files.append(Path(results)/TASK_DIRS['medium']/'vae_diagnostics.csv')
+        self.diagnostics.to_csv(files[-1], index=False)
+        return files
+
+# %% ../nbs/03_medium_hybrid.ipynb #ad781c23
+MEDIUM_CLUSTERERS = ('kmeans', 'agglomerative', 'dbscan')  # the medium task's clusterers
+
+def run_medium(data: dict,  # `medium_inputs`' model inputs
+               y,  # mood clusters, one per song (only to score)
+               ids,  # song ids, one per song
+               jobs: dict,  # `{(VAE name, seed): TrainJob}` from `medium_jobs`; their seeds are the run's
+               latent_dim: int = 8,  # PCA components
+               k: int = 5,  # clusters asked of the clusterers that take k
+               methods=MEDIUM_CLUSTERERS,  # clusterers
+               cache=None,  # a `ModelCache` or its folder: trained models are kept there and loaded again
+               n_jobs: int = 0,  # worker processes for the training (`train_parallel`); 0 → one per CPU core
+               threads: int = 1,  # torch threads of each worker
+               progress: bool = True,  # a progress bar over the seeds
+              ) -> MediumRun:
+    "Train (or load) the VAEs, fit the PCA baselines, embed every song and cluster each latent space with each method and seed."
+    fitted = train_parallel(jobs, cache, n_jobs, threads)
+    seeds = list(dict.fromkeys(s for _, s in jobs))
+    latents, models, histories, rows, assigned, diagnostics = {}, {}, {}, [], [], []
+    for seed in tqdm(seeds, desc='seeds', disable=not progress):
+        for name, X in pca_inputs(data).items(): latents[name, seed] = PCA(latent_dim, random_state=seed).fit_transform(X)
+        for (name, s), job in jobs.items():
+            if s != seed: continue
+            models[name, seed], histories[name, seed] = fitted[name, seed]
+            latents[name, seed] = Z = embed(models[name, seed], job.data)
+            diagnostics.append(dict(task='medium', representation=slug(name), name=name, seed=seed)
+                               | vae_diagnostics(models[name, seed], histories[name, seed], job.data, Z))
+        for (name, s), Z in latents.items():
+            if s != seed: continue
+            probe = linear_probe(Z, y, seed=seed)  # supervised view, kept apart from the clustering metrics
+            r, a = cluster_runs(Z, y, ids, seed=seed, methods=methods, k=k, task='medium', name=name, probe_f1=probe)
+            rows += r; assigned.append(a)
+    runs = pd.DataFrame(rows)
+    return MediumRun(runs, pd.concat(assigned, ignore_index=True), summarize_runs(runs, ['task', 'representation', 'name', 'clusterer']),
+                     latents, models, histories, pd.DataFrame(diagnostics), np.asarray(ids), seeds)
+
+# %% ../nbs/03_medium_hybrid.ipynb #5a93e5b7
+def medium_comparisons(summary: pd.DataFrame,  # `MediumRun.summary`
+                      ) -> list[str]:
+    "Sentences: each VAE against the PCA on its inputs and against the other, PCA with and without lyrics, the best pair by ACC."
+    floor = summary['majority_mean'].iloc[0]
+    best = summary.sort_values('acc_mean', ascending=False).iloc[0]
+    pairs = [('Conv VAE', 'PCA'), ('Hybrid VAE', 'PCA (mel + lyrics)'), ('Hybrid VAE', 'Conv VAE'), ('PCA (mel + lyrics)', 'PCA')]
+    return [compare(summary, a, b) for a, b in pairs] + [
+        f"The best pair by ACC is {best['name']} + {best['clusterer']} ({best['acc_mean']:.3f} ± {best['acc_std']:.3f}), "
+        f"{best['acc_mean'] - floor:+.3f} over the majority-class floor {floor:.3f}."]
+
+# %% ../nbs/03_medium_hybrid.ipynb #142c1352
+def _verdict(d, spread, up='better', down='worse'):
+    "'about the same' when |d| is within the spread, else `up` or `down` by its sign."
+    return 'about the same' if abs(d) <= spread else up if d > 0 else down
+
+def _span(s, fmt='{:.0f}'):
+    "'lo–hi' of a series, or one value when both print alike."
+    lo, hi = fmt.format(s.min()), fmt.format(s.max())
+    return lo if lo == hi else f'{lo}–{hi}'
+
+def _mean_std(summary, name, metric, clusterer='kmeans'):
+    "Mean and seed spread (0 for one seed) of a metric of one representation (display name) and clusterer."
+    r = summary.set_index(['name', 'clusterer']).loc[(name, clusterer)]
+    return r[f'{metric}_mean'], 0. if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
+
+def medium_findings(run: MediumRun,  # from `run_medium`
+                    data: dict,  # its inputs
+                    config: TrainConfig,  # how its VAEs trained (the validation share and the epoch limit)
+                   ) -> list[str]:
+    "Why the VAEs land where they do: weights per song, patch R² against PCA's, latent use, probe, lyrics, generalisation, DBSCAN."
+    s, first, n = run.summary, run.seeds[0], len(data['mel'])
+    conv, hyb, pca, pml = 'Conv VAE', 'Hybrid VAE', 'PCA', 'PCA (mel + lyrics)'
+    latent_dim, n_without = run.latents[pca, first].shape[1], int((~np.asarray(data['lyrics_mask'], bool)).sum())
+    n_params = {m: sum(p.numel() for p in run.models[m, first].parameters()) for m in (conv, hyb)}
+    evr = PCA(latent_dim, random_state=first).fit(data['mel'].reshape(n, -1)).explained_variance_ratio_.sum()
+    dg = run.diagnostics.groupby('name', sort=False)
+    r2, r2_sd, au, best_ep = dg['patch_r2'].mean(), dg['patch_r2'].std().fillna(0), dg['active_units'].mean(), dg['best_epoch'].mean()
+    probe = s.drop_duplicates('name').set_index('name')['probe_f1_mean']
+    (conv_nmi, conv_sd), (pca_nmi, pca_sd), (hy, hy_sd), (pl, pl_sd) = (_mean_std(s, r, 'nmi') for r in (conv, pca, hyb, pml))
+    lines = [f"Data: {n} songs (minus the {config.val_frac:.0%} validation split) for ConvVAE {n_params[conv]:,} and HybridVAE "
+             f"{n_params[hyb]:,} weights ({n_params[conv] / n:.0f} and {n_params[hyb] / n:.0f} per song).",
+             f"Reconstruction: decoded from its posterior means, the ConvVAE explains R² = {r2[conv]:.2f} ± {r2_sd[conv]:.2f} of the "
+             f"patch variance (HybridVAE {r2[hyb]:.2f} ± {r2_sd[hyb]:.2f}); {latent_dim} PCA components explain {evr:.2f}.",
+             f"Latent use: {au[conv]:.1f} (ConvVAE) and {au[hyb]:.1f} (HybridVAE) of {latent_dim} dimensions are active"
+             + (" — no posterior collapse." if au.min() == latent_dim else " — the rest collapsed to the prior."),
+             "Linear probe macro-F1 (supervised view): " + ', '.join(f"{r} {probe[r]:.3f}" for r in probe.index) + "."]
+    conv_v = _verdict(conv_nmi - pca_nmi, max(conv_sd, pca_sd))
+    keeps = (f"keeps less of the patch than PCA (R² {r2[conv]:.2f} vs {evr:.2f})" if r2[conv] < evr else
+             f"keeps at least as much of the patch as PCA (R² {r2[conv]:.2f} vs {evr:.2f})")
+    if conv_v == 'better': why = f"its nonlinear codes group the moods better, {'although' if r2[conv] < evr else 'and'} it {keeps}"
+    elif r2[conv] < evr: why = f"it {keeps}, whose components are already the best linear summary of the dominant spectral directions"
+    else: why = f"it {keeps}, but the extra detail is not what separates the moods"
+    probe_v = _verdict(probe[conv] - probe[pca], 0.02, 'more', 'less')
+    same = probe_v == 'about the same'
+    lines.append(f"ConvVAE vs PCA on the same patches: K-Means NMI {conv_nmi:.3f} vs {pca_nmi:.3f} ({conv_v}): {why}. "
+                 f"A linear classifier finds {'as much' if same else probe_v} mood information in its codes "
+                 f"{'as' if same else 'than'} in PCA's (F1 {probe[conv]:.3f} vs {probe[pca]:.3f}; within ±0.02 counted as the same).")
+    effect = {'helps': 'helps', 'hurts': 'hurts', 'about the same': 'changes little for'}
+    than = {'better': 'better than', 'worse': 'worse than', 'about the same': 'about as well as'}
+    lines.append(f"Lyrics: adding them {effect[_verdict(pl - pca_nmi, max(pl_sd, pca_sd), 'helps', 'hurts')]} PCA (K-Means NMI "
+                 f"{pca_nmi:.3f} → {pl:.3f}) and {effect[_verdict(hy - conv_nmi, max(hy_sd, conv_sd), 'helps', 'hurts')]} the VAE "
+                 f"({conv_nmi:.3f} → {hy:.3f}); the hybrid VAE does {than[_verdict(hy - pl, max(hy_sd, pl_sd))]} PCA on the same two blocks. "
+                 f"{n_without} of {n} songs have no lyrics and are encoded from audio alone.")
+    gap = dg['lyrics_gap'].mean()[hyb]
+    lines.append(f"Generalisation: the HybridVAE's best validation epoch is {best_ep[hyb]:.0f} on average (ConvVAE {best_ep[conv]:.0f}, "
+                 f"of at most {config.epochs}); "
+                 + (f"at that epoch its validation lyrics error is {gap:.1f}× its training lyrics error" if np.isfinite(gap)
+                    else "no lyrics error to compare (no song has lyrics)")
+                 + (", so the lyrics branch memorises the training songs' vectors rather than learning structure that transfers." if gap > 1.5 else "."))
+    dbs = run.runs.query("clusterer == 'dbscan'")
+    if len(dbs):
+        lines.append(f"DBSCAN (eps from the k-distance knee) finds {_span(dbs['n_clusters'])} cluster{'' if dbs['n_clusters'].max() == 1 else 's'} "
+                     f"and marks {_span(100 * dbs['noise_frac'])} % of the songs as noise across representations and seeds"
+                     + (": no density gap separates any group of songs in these latent spaces, so K-Means and Ward, told k, are the "
+                        "informative clusterers here." if dbs['n_clusters'].max() <= 1 else "."))
+    return lines
+
+# %% ../nbs/03_medium_hybrid.ipynb #8068b1d4
+def vae_curves(run: MediumRun) -> dict:
+    "Training curves of each VAE, one colour per seed: display name → figure."
+    vaes = list(dict.fromkeys(n for n, _ in run.histories))
+    return {n: training_curves({f'seed {s}': run.histories[n, s] for s in run.seeds},
+                               title=f'{n} (latent {run.models[n, run.seeds[0]].latent_dim}, β = {run.models[n, run.seeds[0]].beta})')
+            for n in vaes}
+
+# %% ../nbs/03_medium_hybrid.ipynb #4176de9f
+def kmeans_maps(run: MediumRun,  # from `run_medium`
+                y,  # mood clusters, one per song
+                hover=None,  # hover text per song (`song_hover`)
+                method: str = 'tsne',  # 2-D projection: 'tsne' or 'umap'
+                cache=None,  # folder of projections (see `project_2d`)
+               ) -> dict:
+    "Latent maps of the first seed, coloured by mood and by K-Means clusters named after their matched mood: display name → figure."
+    seed = run.seeds[0]
+    km = run.assignments[(run.assignments.seed == seed) & (run.assignments.clusterer == 'kmeans')]
+    maps = {}
+    for name in run.names:
+        pred = align_labels(y, km[km.representation == slug(name)].set_index('id').loc[run.ids, 'label'].to_numpy())
+        maps[name] = latent_map(run.latents[name, seed], {'mood (true)': y, 'K-Means (named by matched mood)': pred}, method=method,
+                                hover=hover, title=f'{name}: {method}, seed {seed}', random_state=seed, cache=cache)
+    return maps
+
 # %% ../nbs/03_medium_hybrid.ipynb #353b9ee1
 def reconstruction_figure(inputs: dict,  # row title → (n, bands, frames) array; same songs in every row
                           titles=None,  # column titles (one per song)
                           title: str = ''):
     "Plotly heatmaps of log-mel patches: one row per source (input, reconstructions), one column per song."
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
     names, n = list(inputs), len(next(iter(inputs.values())))
     lim = max(float(np.abs(v).max()) for v in inputs.values())
     fig = make_subplots(rows=len(names), cols=n, row_titles=names, column_titles=titles,
@@ -162,3 +395,18 @@ def reconstruction_figure(inputs: dict,  # row title → (n, bands, frames) arra
                                      hovertemplate='frame %{x}<br>mel band %{y}<br>%{z:.2f}<extra></extra>'), r, c + 1)
     fig.update_xaxes(showticklabels=False); fig.update_yaxes(showticklabels=False)
     return fig.update_layout(title=title, height=170 * len(names) + 80, width=170 * n + 120)
+
+# %% ../nbs/03_medium_hybrid.ipynb #2bebffc8
+def medium_reconstructions(run: MediumRun,  # from `run_medium`
+                           data: dict,  # its inputs
+                           y,  # mood clusters: one song of each is shown (at most five)
+                          ) -> go.Figure:
+    "Input patches and their reconstructions (from the posterior means) by each VAE of the first seed."
+    show = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:5]
+    subset = {k: v[show] for k, v in data.items()}
+    rows = {'input': data['mel'][show]}
+    for name in dict.fromkeys(n for n, _ in run.models):
+        rec = reconstruct(run.models[name, run.seeds[0]], subset)
+        rows[name] = rec['mel'] if isinstance(rec, dict) else rec
+    return reconstruction_figure(rows, titles=[f'{run.ids[i]} (cluster {y[i]})' for i in show],
+                                 title='Log-mel patches: input vs reconstruction (standardised)')

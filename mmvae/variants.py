@@ -4,36 +4,34 @@
 
 # %% ../nbs/04_hard_variants.ipynb #f6bfbcf0
 from __future__ import annotations
+from dataclasses import dataclass
+from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import MLPVAE, ModelOutput, gaussian_kl, reparameterize, train_model, embed, seed_everything
-from .core import recon_error, poe, standardize  # the shared loss term, product of experts and scaling
-from .core import cached_training  # the model cache of `train_model`, for VaDE's two phases
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from .data import PAPER_F1
+from .features import Study
+from .core import VAE, MLPVAE, ModelOutput, mlp, recon_error, poe, modality_mask, modality_weights, standardize
+from .core import TrainConfig, TrainJob, fit_model, train_parallel, embed, reconstruct, model_device
+from .core import cluster_runs, score_clustering, linear_probe, summarize_runs, compare, hungarian_accuracy
+from .core import confusion, latent_map, slug, write_results, TASK_DIRS
 
 # %% auto #0
-__all__ = ['LABEL_COLUMNS', 'AE', 'BetaVAE', 'condition_labels', 'one_hot', 'CVAE', 'TriModalVAE', 'modality_data', 'hide',
-           'cross_modal_shift', 'VaDE', 'fit_vade', 'vade_assign']
+__all__ = ['LABEL_COLUMNS', 'OWN_PRIOR', 'AE', 'condition_labels', 'one_hot', 'CVAE', 'TriModalVAE', 'modality_data', 'hide',
+           'cross_modal_shift', 'VaDE', 'fit_vade', 'vade_assign', 'HardInputs', 'hard_inputs', 'hard_baselines',
+           'hard_jobs', 'hard_table', 'HardResult', 'run_hard', 'write_hard', 'robustness_summary', 'robustness_bars',
+           'robustness_sentences', 'latent_maps', 'trimodal_reconstruction', 'composition_figure', 'confusion_figures',
+           'hard_verdicts']
 
 # %% ../nbs/04_hard_variants.ipynb #9057ce58
 class AE(MLPVAE):
     "The `MLPVAE` without sampling and without KL: a deterministic autoencoder."
-    def forward(self, x, **_):
-        z = self.encode(x)[0]  # the posterior mean is the code
-        x_hat = self.decode(z)
-        recon = recon_error(x_hat, x).mean()
-        return ModelOutput(loss=recon, logs={'recon': recon.detach()}, x_hat=x_hat, z=z, mu=z, logvar=torch.zeros_like(z))
-
-# %% ../nbs/04_hard_variants.ipynb #52329652
-class BetaVAE(MLPVAE):
-    "The `MLPVAE` with its KL term weighted by `beta` (default 4)."
-    def __init__(self, in_dim: int,  # input features
-                 latent_dim: int = 8,  # latent dimensions
-                 hidden=(128, 64),  # hidden layer sizes
-                 beta: float = 4.0):  # KL weight
-        super().__init__(in_dim, latent_dim=latent_dim, hidden=hidden, beta=beta)
+    def sample(self, mu, logvar): return mu  # the posterior mean is the code, in training too
+    def kl(self, mu, logvar, z): return mu.new_zeros(len(mu))  # no prior to match
 
 # %% ../nbs/04_hard_variants.ipynb #c7f500c1
 LABEL_COLUMNS = ('cluster', 'category')  # mood labels: never a model input
@@ -53,6 +51,7 @@ def condition_labels(manifest: pd.DataFrame,  # the manifest (`mmvae.data.load_m
     else: raise ValueError(f"unknown condition {by!r}: choose 'genre', 'decade' or 'auto'")
     return pd.Series(np.asarray(lab, dtype=object), index=manifest.index, name=by)
 
+# %% ../nbs/04_hard_variants.ipynb #5b0c3e12
 def one_hot(labels,  # one label per song
             min_count: int = 1,  # rarer labels are merged into 'other'
            ) -> tuple[np.ndarray, list[str]]:
@@ -64,95 +63,104 @@ def one_hot(labels,  # one label per song
     return (s.to_numpy()[:, None] == np.array(names)[None]).astype(np.float32), names
 
 # %% ../nbs/04_hard_variants.ipynb #41ce551b
-class CVAE(MLPVAE):
-    "The `MLPVAE` with a condition `c` concatenated to the encoder input and to the latent code."
+class CVAE(VAE):
+    "A VAE with a condition `c` concatenated to the encoder input and to the latent code: q(z | x, c), p(x | z, c)."
     def __init__(self, in_dim: int,  # input features
                  cond_dim: int,  # condition width (one-hot categories)
                  latent_dim: int = 8,  # latent dimensions
-                 hidden=(128, 64),  # hidden layer sizes
-                 beta: float = 1.0):  # KL weight
-        super().__init__(in_dim, latent_dim=latent_dim, hidden=hidden, beta=beta, cond_dim=cond_dim)
-        self.cond_dim = cond_dim
+                 hidden=(128, 64),  # encoder widths (the decoder mirrors them)
+                 beta: float = 1.0):  # weight of the KL term
+        super().__init__()
+        self.in_dim, self.cond_dim, self.latent_dim, self.beta = in_dim, cond_dim, latent_dim, beta
+        hidden = tuple(hidden)
+        self.encoder = mlp((in_dim + cond_dim, *hidden))
+        self.mu_head, self.logvar_head = nn.Linear(hidden[-1], latent_dim), nn.Linear(hidden[-1], latent_dim)
+        self.decoder = nn.Sequential(mlp((latent_dim + cond_dim, *hidden[::-1])), nn.Linear(hidden[0], in_dim))
 
-    def encode(self, x, c, **_): return super().encode(torch.cat([x, c], 1))
-    def decode(self, z, c): return self.decoder(torch.cat([z, c], 1))
+    def encode(self, x, c, **_):
+        h = self.encoder(torch.cat([x, c], 1))
+        return self.mu_head(h), self.logvar_head(h).clamp(-20, 10)
 
-    def forward(self, x, c, **_):
-        mu, logvar = self.encode(x, c)
-        z = reparameterize(mu, logvar) if self.training else mu
-        x_hat = self.decode(z, c)
-        recon, kl = recon_error(x_hat, x).mean(), gaussian_kl(mu, logvar).mean()
-        return ModelOutput(loss=recon + self.beta * kl, logs={'recon': recon.detach(), 'kl': kl.detach()},
-                           x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+    def decode(self, z, c, **_): return self.decoder(torch.cat([z, c], 1))
+
+    def recon(self, x_hat, x, **_): return recon_error(x_hat, x), {}
 
 # %% ../nbs/04_hard_variants.ipynb #32a8e983
-class TriModalVAE(nn.Module):
-    "One `MLPVAE` per modality, joined by a product of experts over the present ones; loss over present modalities only."
-    def __init__(self, dims: dict,  # modality name → input width, e.g. {'audio': 60, 'lyrics': 384, 'midi': 20}
+class TriModalVAE(VAE):
+    "One `MLPVAE` per modality, joined by a product of the present experts; the reconstruction counts present modalities only."
+    def __init__(self, dims: dict,  # modality name → input width, the reference first, e.g. {'audio': 60, 'lyrics': 384, 'midi': 20}
                  latent_dim: int = 8,  # latent dimensions
-                 hidden=(128, 64),  # hidden layer sizes of each modality's encoder/decoder
-                 beta: float = 1.0,  # KL weight
+                 hidden=(128, 64),  # encoder widths of each modality (its decoder mirrors them)
+                 beta: float = 1.0,  # weight of the KL terms
                  subsample: bool = True,  # add the single-modality ELBO terms (MVAE), for cross-modal robustness
-                 weights: dict = None):  # reconstruction weight per modality; None → ref_dim / dim (ref: first modality)
+                 weights: dict = None):  # reconstruction weight per modality; None → `modality_weights(dims)`
         super().__init__()
         self.modalities, self.latent_dim, self.beta, self.subsample = list(dims), latent_dim, beta, subsample
         self.experts = nn.ModuleDict({m: MLPVAE(d, latent_dim=latent_dim, hidden=hidden) for m, d in dims.items()})
-        ref = dims[self.modalities[0]]
-        self.weights = dict(weights) if weights else {m: ref / d for m, d in dims.items()}
+        self.weights = dict(weights) if weights else modality_weights(dims)
 
-    def encode(self, mask, **xs):
-        "Joint posterior (mu, logvar) of the present modalities (mask: batch × modalities, in `self.modalities` order)."
-        stats = [self.experts[m].encode(xs[m]) for m in self.modalities]
-        return poe(torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]), mask)
+    def experts_posteriors(self, **batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "Every expert's mean and log-variance, stacked (modalities, batch, latent), and the (batch, modalities) mask."
+        stats = [self.experts[m].encode(x=batch[m]) for m in self.modalities]
+        mask = modality_mask(batch, self.modalities, like=batch[self.modalities[0]])
+        return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]), mask
 
-    def decode(self, z) -> dict:
-        "Reconstruction of every modality from the code `z`."
-        return {m: self.experts[m].decode(z) for m in self.modalities}
+    def encode(self, **batch): return poe(*self.experts_posteriors(**batch))
 
-    def _elbo(self, mu, logvar, mask, xs):
-        "Per-example reconstruction (present modalities only) and KL of one posterior."
-        z = reparameterize(mu, logvar) if self.training else mu
+    def decode(self, z, **_) -> dict: return {m: self.experts[m].decode(z) for m in self.modalities}
+
+    def recon(self, x_hat, **batch):
+        mask = modality_mask(batch, self.modalities, like=x_hat[self.modalities[0]])
+        return sum(self.weights[m] * mask[:, i] * recon_error(x_hat[m], batch[m]) for i, m in enumerate(self.modalities)), {}
+
+    def _elbo(self, mu, logvar, batch):
+        "Per-example reconstruction and KL of one posterior, with its code and reconstructions."
+        z = self.sample(mu, logvar)
         x_hat = self.decode(z)
-        recon = sum(self.weights[m] * mask[:, i] * recon_error(x_hat[m], xs[m]) for i, m in enumerate(self.modalities))
-        return recon, gaussian_kl(mu, logvar), z, x_hat
+        return self.recon(x_hat, **batch)[0], self.kl(mu, logvar, z), z, x_hat
 
-    def forward(self, mask, **xs):
-        mask = mask.float()
-        stats = [self.experts[m].encode(xs[m]) for m in self.modalities]
-        mus, lvs = torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats])
-        mu, logvar = poe(mus, lvs, mask)
-        recon, kl, z, x_hat = self._elbo(mu, logvar, mask, xs)
-        loss, logs = (recon + self.beta * kl).mean(), {'recon': recon.mean().detach(), 'kl': kl.mean().detach()}
+    def forward(self, **batch) -> ModelOutput:
+        mus, logvars, mask = self.experts_posteriors(**batch)
+        mu, logvar = poe(mus, logvars, mask)
+        recon, kl, z, x_hat = self._elbo(mu, logvar, batch)
+        loss = (recon + self.beta * kl).mean()  # the base class's ELBO of the joint posterior
         if self.subsample and self.training:  # single-modality posteriors must explain every present modality too
-            for i, m in enumerate(self.modalities):
+            for i in range(len(self.modalities)):
                 only = torch.zeros_like(mask); only[:, i] = mask[:, i]
-                r, k_, _, _ = self._elbo(*poe(mus, lvs, only), mask, xs)
-                loss = loss + (mask[:, i] * (r + self.beta * k_)).sum() / len(mask)
-        return ModelOutput(loss=loss, logs=logs, x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+                r, k, _, _ = self._elbo(*poe(mus, logvars, only), batch)
+                loss = loss + (mask[:, i] * (r + self.beta * k)).sum() / len(mask)
+        return ModelOutput(loss=loss, logs={'recon': recon.mean().detach(), 'kl': kl.mean().detach()}, x_hat=x_hat, z=z, mu=mu, logvar=logvar)
 
 # %% ../nbs/04_hard_variants.ipynb #01da4a9c
 def modality_data(feats,  # `mmvae.features.FeatureSet`
-                  rows,  # boolean mask or indices of the songs to use
-                  keys: dict = None,  # modality → FeatureSet attribute; None → audio, lyrics_emb, midi
+                  rows,  # boolean mask or indices of the songs to use; all must have the first modality
+                  keys: dict = None,  # modality → FeatureSet attribute, the reference first; None → audio, lyrics_emb, midi
                  ) -> dict:
-    "Standardised arrays per modality (zeros where absent) and a float mask (songs × modalities)."
+    "Standardised arrays per modality (zeros where absent) and a bool `<m>_mask` per modality but the first (present on every row)."
     keys = keys or {'audio': 'audio', 'lyrics': 'lyrics_emb', 'midi': 'midi'}
     rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
-    mask = np.stack([np.asarray(feats.mask[m], bool)[rows] for m in keys], 1)
-    data = {m: standardize(getattr(feats, a)[rows], mask[:, i]) for i, (m, a) in enumerate(keys.items())}
-    return data | {'mask': mask.astype(np.float32)}
+    present = {m: np.asarray(feats.mask[m], bool)[rows] for m in keys}
+    first = next(iter(keys))
+    if not present[first].all():
+        raise ValueError(f"{(~present[first]).sum()} of the rows lack {first}, the reference modality: pass only rows that have it")
+    data = {m: standardize(getattr(feats, a)[rows], present[m]) for m, a in keys.items()}
+    return data | {f'{m}_mask': present[m] for m in keys if m != first}
 
-def hide(data: dict, modality: str, modalities) -> dict:
-    "A copy of tri-modal `data` with one modality marked absent for every song."
-    mask = data['mask'].copy(); mask[:, list(modalities).index(modality)] = 0
-    return data | {'mask': mask}
+# %% ../nbs/04_hard_variants.ipynb #2f6a9d10
+def hide(data: dict,  # multi-modal data: an array per modality and `<m>_mask` entries
+         modality: str,  # the modality to hide
+        ) -> dict:
+    "A copy of `data` with `modality` marked absent on every row (its `<m>_mask` all False)."
+    return data | {f'{modality}_mask': np.zeros(len(data[modality]), bool)}
 
 # %% ../nbs/04_hard_variants.ipynb #446366e1
-def cross_modal_shift(model: TriModalVAE, data: dict, modality: str) -> dict:
-    "How far songs' posterior means move when `modality` is hidden, relative to the spread of the means."
-    i = model.modalities.index(modality)
-    has = data['mask'][:, i] > 0
-    full, hidden_ = embed(model, data), embed(model, hide(data, modality, model.modalities))
+def cross_modal_shift(model: TriModalVAE,  # a (trained) multi-modal model
+                      data: dict,  # its data, e.g. from `modality_data`
+                      modality: str,  # the modality to hide
+                     ) -> dict:
+    "How far the posterior means of the songs that have `modality` move when it is hidden, relative to the spread of the means."
+    has = np.asarray(data.get(f'{modality}_mask', np.ones(len(data[modality]), bool)), bool)
+    full, hidden_ = embed(model, data), embed(model, hide(data, modality))
     spread = float(np.sqrt(((full - full.mean(0)) ** 2).sum(1).mean()))
     shift = np.linalg.norm(full[has] - hidden_[has], axis=1)
     return dict(modality=modality, n_songs=int(has.sum()), shift=float(shift.mean()) if has.any() else np.nan,
@@ -160,27 +168,28 @@ def cross_modal_shift(model: TriModalVAE, data: dict, modality: str) -> dict:
 
 # %% ../nbs/04_hard_variants.ipynb #fa1096f3
 class VaDE(MLPVAE):
-    "The `MLPVAE` with a learnable Gaussian-mixture prior whose components are the clusters."
+    "The `MLPVAE` with a learnable Gaussian-mixture prior whose components are the clusters (N(0, I) until `init_gmm`)."
     def __init__(self, in_dim: int,  # input features
                  latent_dim: int = 8,  # latent dimensions
-                 hidden=(128, 64),  # hidden layer sizes
+                 hidden=(128, 64),  # encoder widths (the decoder mirrors them)
                  k: int = 5,  # mixture components = clusters
-                 beta: float = 1.0):  # KL weight
+                 beta: float = 1.0):  # weight of the KL term
         super().__init__(in_dim, latent_dim=latent_dim, hidden=hidden, beta=beta)
-        self.k, self.pretrain = k, True
+        self.k = k
         self.pi_logits = nn.Parameter(torch.zeros(k))
         self.mu_c = nn.Parameter(torch.randn(k, latent_dim))
         self.logvar_c = nn.Parameter(torch.zeros(k, latent_dim))
+        self.register_buffer('gmm_ready', torch.tensor(False))  # the mixture prior is in use; part of the state dict
 
     def init_gmm(self, Z: np.ndarray, random_state: int = 0):
-        "Initialise the mixture from latent means `Z` with scikit-learn's diagonal GaussianMixture; switch to the full ELBO."
+        "Initialise the mixture from latent means `Z` with scikit-learn's diagonal GaussianMixture; from now on the mixture is the prior."
         from sklearn.mixture import GaussianMixture
         gm = GaussianMixture(self.k, covariance_type='diag', random_state=random_state, reg_covar=1e-4).fit(Z)
         with torch.no_grad():
             self.pi_logits.copy_(torch.as_tensor(np.log(gm.weights_), dtype=torch.float32))
             self.mu_c.copy_(torch.as_tensor(gm.means_, dtype=torch.float32))
             self.logvar_c.copy_(torch.as_tensor(np.log(gm.covariances_), dtype=torch.float32))
-        self.pretrain = False
+            self.gmm_ready.fill_(True)
         return self
 
     def log_joint(self, z):
@@ -191,51 +200,349 @@ class VaDE(MLPVAE):
 
     def assign(self, x):
         "Cluster posterior γ = q(c | x) at the posterior mean: (batch, k), rows sum to 1."
-        mu, _ = self.encode(x)
+        mu, _ = self.encode(x=x)
         return F.softmax(self.log_joint(mu), 1)
 
-    def forward(self, x, **_):
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar) if self.training else mu
-        x_hat = self.decode(z)
-        recon = recon_error(x_hat, x).mean()
-        if self.pretrain: kl = gaussian_kl(mu, logvar)
-        else:
-            log_pi, lv_c = F.log_softmax(self.pi_logits, 0), self.logvar_c.clamp(-8, 8)
-            gamma = F.softmax(self.log_joint(z), 1)
-            kl_c = 0.5 * (lv_c + (logvar[:, None].exp() + (mu[:, None] - self.mu_c).pow(2)) / lv_c.exp() - 1 - logvar[:, None]).sum(-1)
-            kl = (gamma * kl_c).sum(1) + (gamma * (torch.log(gamma + 1e-10) - log_pi)).sum(1)
-        kl = kl.mean()
-        return ModelOutput(loss=recon + self.beta * kl, logs={'recon': recon.detach(), 'kl': kl.detach()},
-                           x_hat=x_hat, z=z, mu=mu, logvar=logvar)
+    def kl(self, mu, logvar, z):
+        "The mixture prior's KL once the mixture is initialised (γ from the code z), N(0, I)'s before."
+        if not self.gmm_ready: return super().kl(mu, logvar, z)
+        log_pi, lv_c = F.log_softmax(self.pi_logits, 0), self.logvar_c.clamp(-8, 8)
+        gamma = F.softmax(self.log_joint(z), 1)
+        kl_c = 0.5 * (lv_c + (logvar[:, None].exp() + (mu[:, None] - self.mu_c).pow(2)) / lv_c.exp() - 1 - logvar[:, None]).sum(-1)
+        return (gamma * kl_c).sum(1) + (gamma * (torch.log(gamma + 1e-10) - log_pi)).sum(1)
 
 # %% ../nbs/04_hard_variants.ipynb #cc75bd33
-def fit_vade(model: VaDE, data: dict,  # {'x': features}
-             epochs: int = 30,  # epochs of the pretraining and of the full ELBO, each
-             seed: int = 0,  # seeds both phases and the mixture's initialisation
-             cache=None,  # folder of trained models (see `train_model`): the same fit again is loaded from it
-             **kwargs,  # passed to `train_model`
+def fit_vade(model: VaDE,  # initialised; trained in place
+             data: dict,  # {'x': features}
+             config: TrainConfig,  # how each phase trains (`config.epochs` epochs each)
+             seed: int,  # seeds both phases and the mixture's initialisation
+             device: torch.device,  # where to train
+             progress: bool = False,  # show a tqdm bar per phase
             ) -> pd.DataFrame:
-    "Pretrain `model` as a VAE, initialise its mixture from the latent means, train the full ELBO; both histories."
-    def fit():
-        h1 = train_model(model, data, epochs=epochs, seed=seed, **kwargs).assign(phase='pretrain')
-        model.init_gmm(embed(model, data), random_state=seed)
-        h2 = train_model(model, data, epochs=epochs, seed=seed, **kwargs).assign(phase='vade')
-        offset = int(h1['epoch'].max()) if len(h1) else 0
-        h2['epoch'] += offset  # one epoch axis: the full-ELBO phase continues where the pretraining stopped
-        hist = pd.concat([h1, h2], ignore_index=True)
-        hist.attrs = {'best_epoch': h2.attrs['best_epoch'] + offset if h2.attrs.get('best_epoch') is not None else None}  # the weights kept
-        return hist
-    model.pretrain = True
-    args = dict(procedure='fit_vade', epochs=epochs, seed=seed, **{k: v for k, v in kwargs.items() if k not in ('progress', 'device')})
-    hist = cached_training(model, data, args, cache, fit, device=kwargs.get('device'))
-    model.pretrain = False  # trained or loaded: the full model
+    "VaDE's training procedure: pretrain as a VAE, initialise the mixture from the latent means, train the full ELBO; one history."
+    model.gmm_ready.fill_(False)
+    h1 = fit_model(model, data, config, seed, device, progress).assign(phase='pretrain')
+    model.init_gmm(embed(model, data), random_state=seed)
+    h2 = fit_model(model, data, config, seed, device, progress).assign(phase='vade')
+    offset = int(h1['epoch'].max()) if len(h1) else 0
+    h2['epoch'] += offset  # one epoch axis: the full-ELBO phase continues where the pretraining stopped
+    hist = pd.concat([h1, h2], ignore_index=True)
+    hist.attrs = {'best_epoch': h2.attrs['best_epoch'] + offset if h2.attrs.get('best_epoch') is not None else None}  # the weights kept
     return hist
 
+# %% ../nbs/04_hard_variants.ipynb #0e4b7c21
 @torch.no_grad()
-def vade_assign(model: VaDE, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def vade_assign(model: VaDE,  # a trained VaDE
+                X: np.ndarray,  # features, (songs, in_dim)
+                batch_size: int = 256,  # songs per batch
+               ) -> np.ndarray:
     "Cluster posteriors γ (songs × k) of a trained VaDE."
     model.eval()
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    dev = next(model.parameters()).device
+    X, dev = torch.as_tensor(np.asarray(X, dtype=np.float32)), model_device(model)
     return np.concatenate([model.assign(X[i:i + batch_size].to(dev)).cpu().numpy() for i in range(0, len(X), batch_size)])
+
+OWN_PRIOR = 'mixture (own prior)'  # the clusterer name of runs scored by VaDE's own mixture assignments
+
+# %% ../nbs/04_hard_variants.ipynb #4f1b9e27
+@dataclass
+class HardInputs:
+    "What the hard task's models see, one row per song with audio; the mood `y` only scores and colours."
+    ids: np.ndarray  # song ids
+    y: np.ndarray  # mood cluster per song: never a model input
+    X: np.ndarray  # standardised audio summary vectors: input of the single-modality models and of the baselines
+    audio_names: list  # names of X's columns
+    cond: pd.Series  # the CVAE's condition per song (`condition_labels`): first genre or decade
+    C: np.ndarray  # `cond` one-hot (`one_hot`)
+    cond_names: list  # the condition's values, in C's column order
+    data: dict  # the tri-modal data (`modality_data`): audio, lyrics, midi, lyrics_mask, midi_mask
+
+    @property
+    def complete(self) -> np.ndarray:
+        "Songs that have every modality."
+        return np.all([np.ones(len(self.ids), bool), *(v for k, v in self.data.items() if k.endswith('_mask'))], axis=0)
+
+    def describe(self) -> pd.DataFrame:
+        "Songs per modality and complete songs."
+        masks = {k[:-5]: v for k, v in self.data.items() if k.endswith('_mask')}
+        return pd.Series({'songs with audio': len(self.ids), **{f'with {m}': int(v.sum()) for m, v in masks.items()},
+                          'complete (every modality)': int(self.complete.sum())}).to_frame('songs')
+
+# %% ../nbs/04_hard_variants.ipynb #6a9e2d51
+def hard_inputs(study: Study,  # from `mmvae.features.load_study`
+                condition: str = 'auto',  # the CVAE's condition: 'genre', 'decade' or 'auto' (`condition_labels`)
+                lyrics_feature: str = 'lyrics_emb',  # the tri-modal model's lyrics input: 'lyrics_emb' or 'lyrics_lsa'
+               ) -> HardInputs:
+    "The hard task's inputs: every song with audio, its standardised audio vector, the CVAE's condition and the tri-modal data."
+    manifest, feats = study.manifest, study.feats
+    songs = np.flatnonzero(feats.mask['audio'])
+    cond = condition_labels(manifest, condition).iloc[songs]
+    C, names = one_hot(cond)
+    return HardInputs(ids=manifest['id'].to_numpy()[songs], y=manifest['cluster'].to_numpy()[songs], X=standardize(feats.audio[songs]),
+                      audio_names=list(feats.audio_names), cond=cond, C=C, cond_names=names,
+                      data=modality_data(feats, songs, {'audio': 'audio', 'lyrics': lyrics_feature, 'midi': 'midi'}))
+
+# %% ../nbs/04_hard_variants.ipynb #1c7e3a90
+def hard_baselines(X: np.ndarray,  # standardised features
+                   latent_dim: int = 8,  # PCA components
+                   seed: int = 0,  # PCA's random_state
+                  ) -> dict:
+    "The baselines' latent spaces: the standardised audio features themselves and their PCA."
+    from sklearn.decomposition import PCA
+    return {'standardised audio features': X, 'PCA': PCA(latent_dim, random_state=seed).fit_transform(X)}
+
+# %% ../nbs/04_hard_variants.ipynb #0083a568
+def hard_jobs(inputs: HardInputs,  # from `hard_inputs`
+              seeds=(0,),  # one job per model and seed
+              epochs: int = 15,  # epochs of every model (VaDE: of each phase)
+              betas=(0.5, 1.0, 4.0),  # KL weights of the β-VAE sweep
+              latent_dim: int = 8,  # latent dimensions of every model
+              hidden=(64, 32),  # encoder widths (decoders mirror them)
+              k: int = 5,  # VaDE's mixture components
+              min_complete: int = 8,  # fewer complete songs than this: the complete-songs-only tri-modal model is left out
+             ) -> dict:
+    "The hard task's models as `TrainJob`s keyed (display name, seed): seed by seed, models in a fixed order."
+    X, C, data, hidden, complete = inputs.X, inputs.C, inputs.data, tuple(hidden), inputs.complete
+    single = dict(in_dim=X.shape[1], latent_dim=latent_dim, hidden=hidden)
+    tri = dict(dims={m: v.shape[1] for m, v in data.items() if not m.endswith('_mask')}, latent_dim=latent_dim, hidden=hidden)
+    models = {'AE': (AE, single, {'x': X}),
+              **{f'β-VAE (β={b:g})': (MLPVAE, single | dict(beta=b), {'x': X}) for b in betas},
+              'CVAE': (CVAE, single | dict(cond_dim=C.shape[1]), {'x': X, 'c': C}),
+              'tri-modal VAE': (TriModalVAE, tri, data),
+              **({'tri-modal VAE (complete songs only)': (TriModalVAE, tri, {key: v[complete] for key, v in data.items()})}
+                 if complete.sum() >= min_complete else {}),
+              'VaDE': (VaDE, single | dict(k=k), {'x': X})}
+    config = TrainConfig(epochs=epochs)
+    return {(name, seed): TrainJob(model, kwargs, d, seed, config, fit_vade if model is VaDE else None)
+            for seed in seeds for name, (model, kwargs, d) in models.items()}
+
+# %% ../nbs/04_hard_variants.ipynb #5d0e8b36
+def hard_table(inputs: HardInputs,  # from `hard_inputs`
+               jobs: dict,  # from `hard_jobs`
+               latent_dim: int = 8,  # PCA components
+              ) -> pd.DataFrame:
+    "The representations of the hard task, one row each: id, what it is, what it is fitted on, how it is clustered."
+    rows = [dict(name='standardised audio features', model='none', input='x', trained_on=0, clusterers='kmeans'),
+            dict(name='PCA', model=f'PCA({latent_dim})', input='x', trained_on=len(inputs.X), clusterers='kmeans')]
+    for (name, seed), job in jobs.items():
+        if any(r['name'] == name for r in rows): continue
+        rows.append(dict(name=name, model=f"{job.model.__name__}({', '.join(f'{k}={v}' for k, v in job.kwargs.items() if k != 'in_dim')})",
+                         input=', '.join(job.data), trained_on=len(next(iter(job.data.values()))),
+                         clusterers=f'{OWN_PRIOR}, kmeans' if job.model is VaDE else 'kmeans'))
+    return pd.DataFrame(rows).assign(representation=lambda t: t['name'].map(slug)).set_index('representation')
+
+# %% ../nbs/04_hard_variants.ipynb #9c6b1f84
+@dataclass
+class HardResult:
+    "What `run_hard` produced: the run rows and predicted clusters of the result contract, latent spaces, histories, models, robustness."
+    inputs: HardInputs  # what the models saw
+    jobs: dict  # (name, seed) → `TrainJob`
+    runs: pd.DataFrame  # one row per representation × clusterer × seed (`score_clustering`), with probe_f1
+    assignments: pd.DataFrame  # predicted clusters: id, representation, clusterer, seed, label
+    spaces: dict  # display name → {seed: latent points of every song}
+    histories: dict  # display name → {seed: training history}
+    models: dict  # (display name, seed) → trained model
+    robustness: pd.DataFrame  # `cross_modal_shift` per tri-modal model, seed and hidden modality
+
+    @property
+    def seeds(self) -> list: return list(dict.fromkeys(self.runs['seed'].tolist()))
+
+    def summary(self) -> pd.DataFrame:
+        "Mean ± std over seeds per representation and clusterer (`summarize_runs`, the study's grouping)."
+        return summarize_runs(self.runs, ['task', 'representation', 'name', 'clusterer'])
+
+    def labels(self, name: str, clusterer: str = 'kmeans', seed: int = None) -> np.ndarray:
+        "Predicted clusters of one run, in song order (seed: the first by default)."
+        a, seed = self.assignments, self.seeds[0] if seed is None else seed
+        return a.loc[(a['representation'] == slug(name)) & (a['clusterer'] == clusterer) & (a['seed'] == seed), 'label'].to_numpy()
+
+    def latents(self, seed: int = None) -> dict:
+        "Representation id → (song ids, latent points) of one seed (the first by default), as `write_results` takes them."
+        seed = self.seeds[0] if seed is None else seed
+        return {slug(name): (self.inputs.ids, Z[seed]) for name, Z in self.spaces.items()}
+
+# %% ../nbs/04_hard_variants.ipynb #a7d3e9b2
+def run_hard(inputs: HardInputs,  # from `hard_inputs`
+             jobs: dict,  # from `hard_jobs`
+             latent_dim: int = 8,  # PCA components
+             k: int = 5,  # K-Means clusters
+             cache=None,  # a `ModelCache` or its folder: trained models are loaded from it (needed for worker processes)
+             n_jobs: int = 0,  # worker processes of `train_parallel`; 0 → one per CPU core, 1 → all in this process
+             threads: int = 1,  # torch and BLAS threads per worker
+             progress: bool = True,  # a bar over the seeds
+            ) -> HardResult:
+    "Train the jobs, embed every song, cluster every latent space, score every run and the tri-modal models' robustness."
+    from tqdm.auto import tqdm
+    fitted = train_parallel(jobs, cache, n_jobs, threads)
+    ids, y = inputs.ids, inputs.y
+    runs, assigned, spaces, histories, rob = [], [], {}, {}, []
+
+    def score(name, Z, seed, labels=None, clusterer='kmeans', probe_f1=None):
+        "Score one clustering of Z (K-Means unless `labels` are given) and keep Z; the linear probe (of Z) unless passed. Returns the probe."
+        probe_f1 = linear_probe(Z, y, seed=seed) if probe_f1 is None else probe_f1
+        if labels is None: rows, a = cluster_runs(Z, y, ids, seed, methods=('kmeans',), k=k, task='hard', name=name, probe_f1=probe_f1)
+        else:
+            row, a = score_clustering(Z, labels, y, ids, task='hard', name=name, clusterer=clusterer, seed=seed, probe_f1=probe_f1)
+            rows = [row]
+        runs.extend(rows); assigned.append(a)
+        spaces.setdefault(name, {})[seed] = Z
+        return probe_f1
+
+    for seed in tqdm(list(dict.fromkeys(s for _, s in jobs)), desc='seeds', disable=not progress):
+        for name, Z in hard_baselines(inputs.X, latent_dim, seed).items(): score(name, Z, seed)
+        for (name, s), (model, hist) in fitted.items():
+            if s != seed: continue
+            job = jobs[name, seed]
+            histories.setdefault(name, {})[seed] = hist
+            if isinstance(model, TriModalVAE):
+                score(name, embed(model, inputs.data), seed)
+                rob += [dict(representation=slug(name), name=name, seed=seed, trained_on=len(job.data[model.modalities[0]]),
+                             **cross_modal_shift(model, inputs.data, m)) for m in model.modalities[1:]]
+            elif isinstance(model, VaDE):
+                Z = embed(model, job.data)
+                probe = score(name, Z, seed, labels=vade_assign(model, job.data['x']).argmax(1), clusterer=OWN_PRIOR)
+                score(name, Z, seed, probe_f1=probe)  # the same latent space: one probe for both clusterers
+            else: score(name, embed(model, job.data), seed)
+    return HardResult(inputs, jobs, pd.DataFrame(runs), pd.concat(assigned, ignore_index=True), spaces, histories,
+                      {key: model for key, (model, _) in fitted.items()}, pd.DataFrame(rob))
+
+# %% ../nbs/04_hard_variants.ipynb #c3e1a8f6
+def write_hard(results,  # the results root, e.g. `out_dir`
+               result: HardResult,  # from `run_hard`
+              ) -> list[Path]:
+    "Write the hard task's results (`write_results`) and its extras (hard_task_robustness.csv, curves/<id>_seed<seed>.csv); the files written."
+    out = write_results(results, 'hard', result.runs, result.assignments, result.latents())
+    folder = Path(results)/TASK_DIRS['hard']
+    (folder/'curves').mkdir(parents=True, exist_ok=True)
+    out.append(folder/'hard_task_robustness.csv'); result.robustness.to_csv(out[-1], index=False)
+    for name, by_seed in result.histories.items():
+        for seed, h in by_seed.items():
+            out.append(folder/'curves'/f'{slug(name)}_seed{seed}.csv'); h.to_csv(out[-1], index=False)
+    return out
+
+# %% ../nbs/04_hard_variants.ipynb #8d1f3b57
+def robustness_summary(robustness: pd.DataFrame,  # `HardResult.robustness`: one row per model, seed and hidden modality
+                      ) -> pd.DataFrame:
+    "Relative shift per model and hidden modality, mean and std over seeds, with the songs that have the modality and the songs trained on."
+    return (robustness.groupby(['representation', 'name', 'modality'])
+            .agg(n_songs=('n_songs', 'first'), trained_on=('trained_on', 'first'),
+                 relative_shift_mean=('relative_shift', 'mean'), relative_shift_std=('relative_shift', 'std')).reset_index())
+
+# %% ../nbs/04_hard_variants.ipynb #4a6c8e0b
+def robustness_bars(summary: pd.DataFrame,  # from `robustness_summary`
+                   ) -> go.Figure:
+    "Bars of the relative latent shift per hidden modality, one colour per model, ± std over seeds."
+    fig = go.Figure([go.Bar(name=name, x=[f'{m} hidden' for m in g['modality']], y=g['relative_shift_mean'],
+                            error_y=dict(type='data', array=g['relative_shift_std'].fillna(0)),
+                            text=[f'{v:.2f}' for v in g['relative_shift_mean']], textposition='outside')
+                     for name, g in summary.groupby('name', sort=False)])
+    fig.update_layout(barmode='group', title='Cross-modal robustness: latent shift when a modality is hidden',
+                      yaxis_title='mean |Δμ| / spread of μ', template='plotly_white')
+    return fig
+
+# %% ../nbs/04_hard_variants.ipynb #2c4e6a8f
+def robustness_sentences(summary: pd.DataFrame,  # from `robustness_summary`
+                        ) -> list[str]:
+    "One sentence per model and hidden modality: how far hiding it moves the songs that have it."
+    return [f"hiding {r.modality} ({r.n_songs} songs have it): the {r.name} moves songs by {r.relative_shift_mean:.2f} of the latent spread"
+            for r in summary.itertuples()]
+
+# %% ../nbs/04_hard_variants.ipynb #7f9b1d35
+def latent_maps(result: HardResult,  # from `run_hard`
+                method: str = 'tsne',  # 2-D projection: 'tsne' or 'umap'
+                cache=None,  # folder of projections (see `mmvae.core.project_2d`)
+               ) -> dict:
+    "A latent map (`latent_map`) of every representation, first seed, by mood and by found cluster: file stem → figure."
+    seed, inputs, figs = result.seeds[0], result.inputs, {}
+    own = set(result.runs.loc[result.runs['clusterer'] == OWN_PRIOR, 'name'])
+    for name, by_seed in result.spaces.items():
+        clusterer = OWN_PRIOR if name in own else 'kmeans'
+        figs[f'latent_{slug(name)}'] = latent_map(by_seed[seed], {'mood': inputs.y, 'cluster': result.labels(name, clusterer)}, method=method,
+                                                  hover=list(inputs.ids), title=f'{name}: latent map ({method}), found clusters by {clusterer}',
+                                                  random_state=0, cache=cache)
+    return figs
+
+# %% ../nbs/04_hard_variants.ipynb #3d5f7b9e
+def trimodal_reconstruction(result: HardResult,  # from `run_hard`
+                          name: str = 'tri-modal VAE',  # a tri-modal model of the run (first seed)
+                          song: int = None,  # row of the song; None → a random complete song (NumPy seed 0)
+                         ) -> go.Figure:
+    "One song's modalities in and out of a tri-modal model: decoded from all its modalities, and from its first (audio) alone."
+    inputs, model = result.inputs, result.models[name, result.seeds[0]]
+    complete, data = inputs.complete, inputs.data
+    i = song if song is not None else int(np.random.default_rng(0).choice(np.flatnonzero(complete))) if complete.any() else 0
+    batch = {key: v[i:i + 1] for key, v in data.items()}
+    joint = reconstruct(model, batch)  # decoded from the posterior mean on the model's device, back as NumPy
+    alone = batch
+    for m in model.modalities[1:]: alone = hide(alone, m)
+    first = reconstruct(model, alone)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=['audio summary vector', 'MIDI descriptors', 'lyrics embedding (40 dims)'], horizontal_spacing=0.06)
+    X = data['audio']
+    xa = inputs.audio_names if len(inputs.audio_names) == X.shape[1] else list(range(X.shape[1]))
+    fig.add_trace(go.Scatter(x=xa, y=X[i], name='input', line=dict(color='black')), 1, 1)
+    fig.add_trace(go.Scatter(x=xa, y=joint['audio'][0], name='tri-modal, all modalities', line=dict(color='royalblue')), 1, 1)
+    for col, m, n in ((2, 'midi', None), (3, 'lyrics', 40)):
+        sl = slice(None, n)
+        fig.add_trace(go.Scatter(y=data[m][i, sl], name='input', line=dict(color='black'), showlegend=False), 1, col)
+        fig.add_trace(go.Scatter(y=joint[m][0, sl], name='tri-modal, all modalities', line=dict(color='royalblue'), showlegend=False), 1, col)
+        fig.add_trace(go.Scatter(y=first[m][0, sl], name='tri-modal, from audio alone', line=dict(color='orange', dash='dot'), showlegend=m == 'midi'), 1, col)
+    fig.update_layout(title=f'Reconstructions of song {inputs.ids[i]} (standardised features)', template='plotly_white', width=1300, height=460,
+                      legend=dict(orientation='h', y=-0.12))
+    fig.update_xaxes(showticklabels=False)
+    return fig
+
+# %% ../nbs/04_hard_variants.ipynb #9e1a3c5f
+def composition_figure(result: HardResult,  # from `run_hard`
+                       shown=(('VaDE', OWN_PRIOR), ('tri-modal VAE', 'kmeans'), ('PCA', 'kmeans')),  # (name, clusterer) runs, one panel each
+                      ) -> go.Figure:
+    "Stacked bars per found cluster (first seed) of the CVAE's condition: does a clustering only rediscover the metadata?"
+    cond, names = result.inputs.cond, result.inputs.cond_names
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[f'{n} ({c})' for n, c in shown], shared_yaxes=True)
+    palette = [f'hsl({h},60%,55%)' for h in np.linspace(0, 330, len(names)).astype(int)]
+    for col, (name, clusterer) in enumerate(shown, 1):
+        tab = pd.crosstab(result.labels(name, clusterer), cond.to_numpy()).reindex(columns=names, fill_value=0)
+        for j, g in enumerate(names):
+            fig.add_trace(go.Bar(x=[f'c{c}' for c in tab.index], y=tab[g], name=g, marker_color=palette[j], showlegend=col == 1, legendgroup=g), 1, col)
+    fig.update_layout(barmode='stack', title=f'Cluster composition by {cond.name}', template='plotly_white', yaxis_title='songs')
+    return fig
+
+# %% ../nbs/04_hard_variants.ipynb #5a7c9e1b
+def confusion_figures(result: HardResult,  # from `run_hard`
+                     ) -> dict:
+    "The confusion matrix (`confusion`) of every run of the first seed, titled with its ACC: file stem → figure."
+    y, figs = result.inputs.y, {}
+    for rep, name, clusterer in result.runs[['representation', 'name', 'clusterer']].drop_duplicates().itertuples(index=False):
+        labels = result.labels(name, clusterer)
+        figs[f'confusion_{rep}_{slug(clusterer)}'] = confusion(y, labels, title=f'{name} + {clusterer}: mood vs found cluster (ACC {hungarian_accuracy(y, labels):.3f})')
+    return figs
+
+# %% ../nbs/04_hard_variants.ipynb #6c8e0a2d
+def _pm(row, metric):
+    "'mean ± std' of a summary row ('mean' alone for one seed)."
+    m, s = row[f'{metric}_mean'], row[f'{metric}_std']
+    return f'{m:.3f}' if pd.isna(s) else f'{m:.3f} ± {s:.3f}'
+
+def hard_verdicts(result: HardResult,  # from `run_hard`
+                 ) -> list[str]:
+    "The sentences that read the hard task's numbers: best clustering, tri-modal against PCA and its twin, VaDE's mixture, the probe."
+    summary = result.summary()
+    s, n, n_complete = summary.set_index(['representation', 'clusterer']), len(result.inputs.ids), int(result.inputs.complete.sum())
+    best, base = s['acc_mean'].idxmax(), s.loc[('pca', 'kmeans')]
+    out = [f"Over {len(result.seeds)} seed(s) on {n} songs, the best unsupervised clustering is {s.loc[best, 'name']} + {best[1]} "
+           f"(ACC {_pm(s.loc[best], 'acc')}, NMI {s.loc[best, 'nmi_mean']:.3f}); PCA + K-Means reaches ACC {_pm(base, 'acc')}; "
+           f"the majority-class floor is {result.runs['majority'].iloc[0]:.3f}."]
+    if ('tri_modal_vae', 'kmeans') in s.index: out.append(compare(summary, 'tri-modal VAE', 'PCA'))
+    if ('tri_modal_vae_complete_songs_only', 'kmeans') in s.index:
+        t, c = s.loc[('tri_modal_vae', 'kmeans')], s.loc[('tri_modal_vae_complete_songs_only', 'kmeans')]
+        out.append(compare(summary, 'tri-modal VAE', 'tri-modal VAE (complete songs only)', metric='acc')
+                   + f" The twin was trained on the {n_complete} complete songs only, the tri-modal VAE on all {n}; "
+                   f"linear-probe macro-F1 {t['probe_f1_mean']:.3f} vs {c['probe_f1_mean']:.3f}.")
+    elif ('tri_modal_vae', 'kmeans') in s.index:
+        out.append(f"With {n_complete} complete songs the tri-modal VAE's complete-songs-only twin was not trained.")
+    if ('vade', OWN_PRIOR) in s.index:
+        k = next(job.kwargs['k'] for job in result.jobs.values() if job.model is VaDE)
+        out.append(f"VaDE's mixture assignments use {s.loc[('vade', OWN_PRIOR), 'n_clusters_mean']:.1f} of its {k} components on average "
+                   f"(K-Means always fills {k}): on small data the mixture can empty components, which the table counts rather than hides.")
+    bp = summary.drop_duplicates('representation').sort_values('probe_f1_mean', ascending=False).iloc[0]
+    out.append(f"Highest linear-probe macro-F1: {bp['name']} ({_pm(bp, 'probe_f1')}); "
+               f"the dataset paper reports {' and '.join(f'{v:.3f} ({name})' for name, v in PAPER_F1.items())}.")
+    return out

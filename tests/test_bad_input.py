@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmvae.data import DatasetError, INFO_CSV, load_manifest, make_demo_dataset, manifest_skipped, read_lyrics, summarize
+from mmvae.data import DatasetError, INFO_CSV, load_manifest, make_demo_dataset, manifest_skipped, read_lyrics, manifest_counts
 from mmvae.features import FeatureConfig, build_features
 
 N_SONGS = 30
@@ -187,7 +187,7 @@ def test_manifest_on_the_corpus(corpus):
     assert songs.loc['027', 'title'] == 'Demo Song 027'  # '27.mp3' matched to song 027
     assert songs.loc['028', 'title'] == 'Demo Song 028'  # the first row of a duplicated id wins
     assert songs['audio_path'].notna().sum() == N_SONGS - 2  # 001 is kept in the manifest (decoding fails later), 002 and 008 are not
-    t = summarize(m)
+    t = manifest_counts(m)
     assert t.loc['total', 'songs'] == N_SONGS and t.loc['total', 'audio'] == N_SONGS - 2
     for mod in ('audio', 'lyrics', 'midi', 'metadata'):  # the summary counts what the skipped table lists
         assert t.loc['total', f'skipped_{mod}'] == (sk['modality'] == mod).sum(), mod

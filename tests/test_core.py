@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvae.core import (as_list, model_device, reconstruct, recon_error, standardize)
-from mmvae.core import (CLUSTERERS, MLPVAE, active_units, align_labels, ModelOutput, VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps,
-                        embed, evaluate, gaussian_kl, hungarian_accuracy, latent_map, limit_threads, linear_probe,
-                        majority_rate, metric_bars, mlp, project_2d, purity, reparameterize, save_figure, save_run_outputs,
-                        seed_everything, setup_plotly, summarize_runs, train_model, training_curves)
+from mmvae.core import (as_list, model_device, reconstruct, recon_error, standardize, seeded, fit_model)
+from mmvae.core import (CLUSTERERS, MLPVAE, RUN_KEYS, active_units, align_labels, ModelOutput, ModelCache, TrainConfig, TrainJob,
+                        VAEEmbedder, cluster, cluster_runs, confusion, dbscan_eps, embed, evaluate, gaussian_kl, hungarian_accuracy,
+                        latent_map, limit_threads, linear_probe, majority_rate, metric_bars, mlp, project_2d, purity, read_assignments,
+                        read_latent, latent_files, read_runs, reparameterize, save_figure, seed_everything, setup_plotly,
+                        summarize_runs, train_model, training_curves, write_results)
 
 limit_threads(1)
 
@@ -54,17 +54,17 @@ def test_mlpvae_loss_is_beta_weighted_elbo():
     torch.manual_seed(0)
     vae = MLPVAE(7, latent_dim=2, hidden=(8,), beta=3.)
     x = torch.randn(4, 7)
-    out = vae(x)
+    out = vae(x=x)
     assert isinstance(out, ModelOutput)
     recon = 0.5 * (x - out.x_hat).pow(2).sum(-1)  # summed over features
     torch.testing.assert_close(out.logs['recon'], recon.mean())  # averaged over the batch
     torch.testing.assert_close(out.loss, (recon + 3 * gaussian_kl(out.mu, out.logvar)).mean())
 
 
-def _fit(X, seed, **kw):
-    seed_everything(seed)
-    m = MLPVAE(X.shape[1], latent_dim=2, hidden=(16,))
-    return m, train_model(m, {'x': X}, epochs=8, seed=seed, progress=False, **kw)
+def _fit(X, seed, device=None, cache=None, checkpoint=None, **config):
+    job = TrainJob(MLPVAE, dict(in_dim=X.shape[1], latent_dim=2, hidden=(16,)), {'x': X}, seed, TrainConfig(**{'epochs': 8} | config))
+    m = job.build()
+    return m, train_model(m, job.data, job.config, seed, device, progress=False, checkpoint=checkpoint, cache=cache)
 
 
 def test_training_is_deterministic_on_cpu(X):
@@ -85,7 +85,6 @@ def test_history_and_best_restore(X, tmp_path):
     # the restored weights are the checkpointed best ones
     saved = torch.load(tmp_path/'best.pt', weights_only=True)
     for k, v in m.state_dict().items(): torch.testing.assert_close(v, saved[k])
-    # and the validation loss is that of the best epoch, up to the sampling noise of the VAE
     assert len(h) <= best + 2
 
 
@@ -105,7 +104,7 @@ def test_train_model_is_generic():
     x = rng.normal(loc=2., size=(200, 3)).astype(np.float32)
     m = np.ones(200, dtype=np.float32)
     model = _MaskedMean()
-    h = train_model(model, {'x': x, 'm': m}, epochs=60, lr=0.1, seed=0, progress=False, val_frac=0)
+    h = train_model(model, {'x': x, 'm': m}, TrainConfig(epochs=60, lr=0.1, val_frac=0), seed=0, progress=False)
     assert 'train_err' in h and h['val_loss'].isna().all()
     np.testing.assert_allclose(model.w.detach().cpu().numpy(), x.mean(0), atol=0.15)
     assert embed(model, {'x': x, 'm': m}).shape == (200, 3)
@@ -119,8 +118,6 @@ def test_embedder_in_pipeline(X):
     np.testing.assert_array_equal(pipe.transform(X), Z)
     assert pipe[-1].history_['epoch'].iloc[0] == 1
     assert list(pipe.get_feature_names_out()) == ['z0', 'z1', 'z2']
-    # interchangeable with PCA
-    assert make_pipeline(StandardScaler(), PCA(3)).fit_transform(X).shape == Z.shape
 
 
 def test_active_units():
@@ -133,7 +130,22 @@ def test_active_units():
 def test_embedder_errors(X):
     with pytest.raises(ValueError, match='not fitted'): VAEEmbedder().transform(X)
     e = VAEEmbedder(latent_dim=2, hidden=(8,), epochs=1).fit(X)
-    with pytest.raises(ValueError, match='expected 15 features'): e.transform(X[:, :4])
+    with pytest.raises(ValueError, match='expecting 15 features'): e.transform(X[:, :4])
+    with pytest.raises(ValueError, match='NaN'): VAEEmbedder(epochs=1).fit(np.where(X > 2, np.nan, X))
+
+
+def test_embedder_passes_sklearns_estimator_checks():
+    "scikit-learn's own conformance checks (input validation, cloning, fit idempotence, subset invariance...)."
+    from sklearn.utils.estimator_checks import check_estimator
+    failed = check_estimator(VAEEmbedder(latent_dim=2, hidden=(8,), epochs=2, device='cpu'), on_fail=None)
+    assert [r['check_name'] for r in failed if r['status'] == 'failed'] == []
+
+
+def test_embedder_leaves_the_global_generators_alone(X):
+    torch.manual_seed(11); np.random.seed(11); want = torch.rand(1), np.random.rand()
+    torch.manual_seed(11); np.random.seed(11)
+    VAEEmbedder(latent_dim=2, hidden=(8,), epochs=2).fit(X)
+    assert (torch.rand(1), np.random.rand()) == want
 
 
 # --- clustering and metrics ----------------------------------------------------------------------------------------
@@ -307,7 +319,7 @@ def test_reconstruct_matches_decode_of_means_and_returns_numpy(X):
     class Two(torch.nn.Module):  # a decoder returning one reconstruction per modality
         def __init__(self): super().__init__(); self.lin = torch.nn.Linear(X.shape[1], 2)
         def encode(self, x, **_): return self.lin(x), torch.zeros(len(x), 2)
-        def decode(self, z): return {'a': z, 'b': 2 * z}
+        def decode(self, z, **_): return {'a': z, 'b': 2 * z}
     two = Two()
     out = reconstruct(two, {'x': X}, batch_size=50)
     assert set(out) == {'a', 'b'} and out['a'].shape == (len(X), 2)
@@ -337,6 +349,13 @@ def test_seed_everything_asks_for_deterministic_kernels_on_cuda(monkeypatch):
     finally: torch.use_deterministic_algorithms(*was[:1], warn_only=was[1])
 
 
+def test_seeded_is_a_global_seed_without_the_side_effect():
+    torch.manual_seed(5); want = torch.randn(4)
+    torch.manual_seed(99); before = torch.random.get_rng_state()
+    with seeded(5): got = torch.randn(4)
+    assert torch.equal(got, want) and torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_same_seed_same_metrics(X):
     "The whole chain standardise → VAE → K-Means → metrics repeats exactly with the same seed."
     y = np.repeat([1, 2, 3], 40)
@@ -346,18 +365,27 @@ def test_same_seed_same_metrics(X):
     assert run(5) == run(5)
 
 
-def test_cluster_runs_and_saved_outputs(blobs, tmp_path):
+def test_result_contract_round_trip(blobs, tmp_path):
+    "Rows and files written by write_results read back the same through read_runs, read_assignments and read_latent."
     Z, y = blobs
     ids = [f'{i:03d}' for i in range(len(Z))]
-    rows, lab = cluster_runs(Z, y, ids, seed=1, k=4, task='t', representation='r')
-    assert [r['clusterer'] for r in rows] == list(CLUSTERERS)
-    assert list(rows[0])[:5] == ['task', 'representation', 'clusterer', 'seed', 'dim']
+    rows, lab = cluster_runs(Z, y, ids, seed=1, k=4, task='hard', name='β-VAE (β=4)', probe_f1=0.25)
+    assert [r['clusterer'] for r in rows] == list(CLUSTERERS) and tuple(rows[0])[:5] == RUN_KEYS
+    assert {r['representation'] for r in rows} == {'beta_vae_beta_4'} and {r['name'] for r in rows} == {'β-VAE (β=4)'}
     assert len(lab) == len(CLUSTERERS) * len(Z) and set(lab.columns) == {'id', 'representation', 'clusterer', 'seed', 'label'}
-    files = save_run_outputs(tmp_path, lab, {'r': (ids, Z)})
-    z = np.load(files[1], allow_pickle=False)
-    assert z['ids'].tolist() == ids and z['z'].dtype == np.float32
-    back = pd.read_csv(files[0], dtype={'id': str})
-    assert back['id'].iloc[0] == '000' and len(back) == len(lab)
+    files = write_results(tmp_path, 'hard', rows, lab, {'beta_vae_beta_4': (ids, Z)})
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        'hard_task/runs.csv', 'hard_task/summary.csv', 'hard_task/assignments.csv', 'hard_task/latents/beta_vae_beta_4.npz']
+    runs = read_runs(tmp_path)
+    pd.testing.assert_frame_equal(runs[['representation', 'name', 'clusterer', 'acc', 'probe_f1']],
+                                  pd.DataFrame(rows)[['representation', 'name', 'clusterer', 'acc', 'probe_f1']])
+    back = read_assignments(tmp_path)
+    assert back['id'].iloc[0] == '000' and len(back) == len(lab) and set(back['task']) == {'hard'}
+    ids_back, z = read_latent(latent_files(tmp_path)['hard', 'beta_vae_beta_4'])
+    assert ids_back.tolist() == ids and z.dtype == np.float32
+    summary = pd.read_csv(files[1])
+    assert summary['n_runs'].tolist() == [1] * len(CLUSTERERS) and summary['name'].iloc[0] == 'β-VAE (β=4)'
+    with pytest.raises(FileNotFoundError, match='run the task notebooks'): read_runs(tmp_path/'empty')
 
 
 # --- figures ---------------------------------------------------------------------------------------------------------
@@ -370,7 +398,7 @@ def test_figures(blobs, tmp_path):
     names = [t.name for t in fig.data]
     assert names[:4] == ['mood 1', 'mood 2', 'mood 3', 'mood 4'] and ('noise' in names) == bool((labels == -1).any())
     assert sum(len(t.x) for t in fig.data) == 2 * len(Z)
-    h = train_model(MLPVAE(3, 2, (8,)), {'x': Z.astype(np.float32)}, epochs=3, progress=False)
+    h = train_model(MLPVAE(3, 2, (8,)), {'x': Z.astype(np.float32)}, TrainConfig(epochs=3), progress=False)
     fig = training_curves({'a': h, 'b': h})
     assert [a.text for a in fig.layout.annotations] == ['loss', 'recon', 'kl']
     runs = pd.DataFrame([dict(rep=r, seed=s, **evaluate(Z, cluster(Z, 'kmeans', k=4, random_state=s)[0], y))
@@ -447,8 +475,7 @@ def test_model_cache_misses_when_anything_changes(X, tmp_path):
     _fit(X, 0, device='cpu', cache=tmp_path)
     X2 = X.copy(); X2[0, 0] += 1e-3
     _fit(X, 1, device='cpu', cache=tmp_path)  # seed
-    seed_everything(0)
-    train_model(MLPVAE(X.shape[1], latent_dim=2, hidden=(16,)), {'x': X}, epochs=7, seed=0, progress=False, device='cpu', cache=tmp_path)  # epochs
+    _fit(X, 0, device='cpu', cache=tmp_path, epochs=7)  # epochs
     _fit(X2, 0, device='cpu', cache=tmp_path)  # one changed value in the data
     _fit(X, 0, device='cpu', cache=tmp_path, lr=2e-3)  # a training argument
     assert len(list(tmp_path.glob('*.pt'))) == 5
@@ -472,8 +499,7 @@ def test_training_key_covers_model_data_and_args(X):
            training_key(model(), {'x': X, 'm': np.ones(len(X), bool)}, dict(epochs=3))  # sorted names
 
 
-def test_cached_training_generic_and_damaged_entry(X, tmp_path):
-    from mmvae.core import cached_training
+def test_model_cache_generic_and_damaged_entry(X, tmp_path):
     calls = []
     def run(model):
         def fit():
@@ -481,7 +507,7 @@ def test_cached_training_generic_and_damaged_entry(X, tmp_path):
             with torch.no_grad(): model.w.add_(1.)
             h = pd.DataFrame({'epoch': [1, 2], 'train_loss': [0.5, 0.25], 'phase': ['a', 'b']}); h.attrs['best_epoch'] = 2
             return h
-        return cached_training(model, {'x': X}, dict(procedure='test'), tmp_path, fit, device='cpu')
+        return ModelCache(tmp_path).train(model, {'x': X}, dict(procedure='test'), fit, device='cpu')
     h1 = run(m1 := _MaskedMean())
     h2 = run(m2 := _MaskedMean())
     assert len(calls) == 1 and h2.attrs == {'best_epoch': 2}
@@ -547,26 +573,30 @@ def test_damaged_projection_cache_is_recomputed(X, tmp_path):
 
 # --- training in worker processes ----------------------------------------------------------------------------------
 
-def _fit_or_die(seed, cache, how='train'):
-    "A module-level fit for `train_parallel`: seed 1 kills its worker (never the caller, whose cache probe runs it first)."
-    import mmvae.core as core
-    if seed == 1 and how != 'train' and not core._PROBING['on']:
-        if how == 'exit': os._exit(3)
-        import signal
-        os.kill(os.getpid(), getattr(signal, how))  # SIGKILL: what the out-of-memory killer sends; SIGSEGV: a crash
-    seed_everything(seed)
-    m = MLPVAE(4, latent_dim=2, hidden=(8,))
-    x = np.random.default_rng(seed).normal(size=(64, 4)).astype(np.float32)
-    return train_model(m, {'x': x}, epochs=2, seed=seed, progress=False, device='cpu', cache=cache)
+def _fit_unless(how):
+    "A training procedure that kills its worker for seed 1 (`how`: exit, SIGKILL, SIGSEGV), or just trains ('train')."
+    def procedure(model, data, config, seed, device, progress=False):
+        if seed == 1 and how == 'exit': os._exit(3)
+        if seed == 1 and how != 'train':
+            import signal
+            os.kill(os.getpid(), getattr(signal, how))  # SIGKILL: what the out-of-memory killer sends; SIGSEGV: a crash
+        return fit_model(model, data, config, seed, device, progress)
+    procedure.__qualname__ = 'fit_model'  # one cache key whatever the fault: a rerun trains only what is missing
+    return procedure
+
+
+def _jobs(how):
+    return {f'seed {s}': TrainJob(MLPVAE, dict(in_dim=4, latent_dim=2, hidden=(8,)), {'x': np.random.default_rng(s).normal(size=(64, 4)).astype(np.float32)},
+                                  s, TrainConfig(epochs=2), _fit_unless(how)) for s in range(3)}
 
 
 _PARALLEL = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_core import _fit_or_die
+from test_core import _jobs
 from mmvae.core import train_parallel
 for how in sys.argv[3:]:
-    try: r = 'ok: ' + repr(sorted(train_parallel(_fit_or_die, [(s, sys.argv[2], how) for s in range(3)], n_jobs=2)))
+    try: r = 'ok: ' + repr(sorted(train_parallel(_jobs(how), sys.argv[2], n_jobs=2)))
     except Exception as e: r = f'{type(e).__name__}: {e}'
     print(json.dumps(r), flush=True)
 """
@@ -581,10 +611,24 @@ def test_train_parallel_worker_that_dies_is_a_clear_error(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     *died, rerun = map(json.loads, r.stdout.splitlines())
     for message, (how, code) in zip(died, deaths.items(), strict=True):
-        assert message.startswith(f'RuntimeError: train_parallel: a worker process died (exit codes {{{code}}}); the jobs in flight then: ')
-        assert f"(1, '{tmp_path}', '{how}')" in message.split('in flight then: ')[1].split(';')[0]  # the job that killed its worker
+        assert message.startswith(f'RuntimeError: train_parallel: a worker process died (exit codes {{{code}}}); the jobs in flight then: '), message
+        assert "'seed 1'" in message.split('in flight then: ')[1].split(';')[0]  # the job that killed its worker
         assert 'had finished (they are in the model cache, so a rerun trains only the rest)' in message
-    assert rerun.startswith('ok: ') and len(list(tmp_path.glob('*.pt'))) == 3  # without the fault: trains what is missing
+    assert rerun == "ok: ['seed 0', 'seed 1', 'seed 2']" and len(list(tmp_path.glob('*.pt'))) == 3  # without the fault: trains what is missing
+
+
+def test_train_parallel_checks_the_cache_before_dispatch(tmp_path, monkeypatch):
+    "Cached jobs never reach a worker: with every job cached no worker pool starts; with one missing, one job trains."
+    import mmvae.core as core
+    jobs = _jobs('train')
+    first = core.train_parallel(jobs, tmp_path, n_jobs=2)
+    dispatched = []
+    monkeypatch.setattr(core, '_train_in_workers', lambda todo, *a: dispatched.append(sorted(todo)))
+    again = core.train_parallel(jobs, tmp_path, n_jobs=2)
+    assert dispatched == [] and list(again) == list(jobs)
+    for name in jobs: pd.testing.assert_frame_equal(again[name][1], first[name][1])
+    other_seed = TrainJob(MLPVAE, jobs['seed 0'].kwargs, jobs['seed 0'].data, 7, TrainConfig(epochs=2), jobs['seed 0'].procedure)
+    assert not ModelCache(tmp_path).has(other_seed.key('cpu')) and ModelCache(tmp_path).has(jobs['seed 0'].key('cpu'))
 
 
 def test_job_marks_of_killed_callers_are_swept():
@@ -597,14 +641,12 @@ def test_job_marks_of_killed_callers_are_swept():
     alive.rmdir()
 
 
+def _divide(model, data, config, seed, device, progress=False):
+    return fit_model(model, data, config, seed, device) if seed else 1 / seed  # seed 0: ZeroDivisionError in its worker
+
+
 def test_train_parallel_names_the_job_of_an_exception(tmp_path):
     from mmvae.core import train_parallel
-    with pytest.raises(ZeroDivisionError) as e:
-        train_parallel(_divide, [(1,), (0,)], n_jobs=2)
-    assert 'in train_parallel job (0,)' in getattr(e.value, '__notes__', [])
-
-
-def _divide(d):
-    import mmvae.core as core
-    if core._PROBING['on']: raise core._NotCached('probe')  # as a fit with a model cache would: nothing cached yet
-    return 1 / d
+    jobs = {name: TrainJob(MLPVAE, dict(in_dim=4), {'x': np.zeros((8, 4), np.float32)}, seed, procedure=_divide) for name, seed in (('a', 1), ('b', 0))}
+    with pytest.raises(ZeroDivisionError) as e: train_parallel(jobs, tmp_path, n_jobs=2)
+    assert "in train_parallel job 'b'" in getattr(e.value, '__notes__', [])

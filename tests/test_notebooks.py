@@ -31,3 +31,44 @@ def test_imports_in_cells_of_their_own(nb):
 def test_one_parameters_cell(nb):
     cells = json.loads(nb.read_text())['cells']
     assert sum('parameters' in c.get('metadata', {}).get('tags', []) for c in cells) == 1
+
+
+LAYERS = ('data', 'features', 'core', 'hybrid', 'variants', 'analysis')  # each module may import only from those before it
+TOP = Path(__file__).resolve().parent.parent
+
+
+def _top_level(path):
+    return ast.parse(path.read_text()).body
+
+
+@pytest.mark.parametrize('module', LAYERS)
+def test_imports_run_downward(module):
+    "data → features → core → hybrid → variants → analysis: no module imports from one after it."
+    allowed = set(LAYERS[:LAYERS.index(module)])
+    used = set()
+    for node in ast.walk(ast.parse((TOP/'mmvae'/f'{module}.py').read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1: used.add((node.module or '').split('.')[0])
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or '').startswith('mmvae.'): used.add(node.module.split('.')[1])
+        if isinstance(node, ast.Import): used |= {a.name.split('.')[1] for a in node.names if a.name.startswith('mmvae.')}
+    assert used <= allowed, f'mmvae.{module} imports from {sorted(used - allowed)}, which come after it'
+
+
+@pytest.mark.parametrize('module', LAYERS)
+def test_module_imports_at_the_top(module):
+    "A module's imports stand before its first definition (function-local imports aside)."
+    body = [n for n in _top_level(TOP/'mmvae'/f'{module}.py') if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    first_def = next((i for i, n in enumerate(body) if not isinstance(n, (ast.Import, ast.ImportFrom))), len(body))
+    late = [n.lineno for n in body[first_def:] if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not late, f'mmvae.{module}: imports after the first definition, at lines {late}'
+
+
+@pytest.mark.parametrize('nb', [p for p in NBS if p.stem[:2].isdigit()], ids=lambda p: p.name)
+def test_notebooks_import_downward(nb):
+    "A notebook uses its own module and those before it: no task notebook imports from mmvae.analysis."
+    allowed = set(LAYERS[:int(nb.stem[:2]) + 1])
+    used = set()
+    for _, src in _code_cells(nb):
+        tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('mmvae.'): used.add(node.module.split('.')[1])
+    assert used <= allowed, f'{nb.name} imports from mmvae.{sorted(used - allowed)}'

@@ -1,18 +1,20 @@
-"""`mmvae reproduce` end to end on a tiny demo profile; failing, timed-out and dead notebooks; interrupts; unwritable run
-folders; broken datasets for `mmvae summary`; and the docs preview in Chromium."""
+"""`mmvae reproduce` end to end on a tiny demo profile (the result contract of every task, the study table, the explorer);
+failing, timed-out and dead notebooks; interrupts; unwritable run folders; broken datasets for `mmvae summary`; the
+explorer's widgets and `tools/results_md.py` on synthetic results; and the docs preview in Chromium."""
 import json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
 
-from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, latent_files, main, notebooks_dir, reproduce
+from conftest import TOP
+from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, main, notebooks_dir, reproduce
+from mmvae.core import TASK_DIRS, cluster_runs, latent_files, read_assignments, read_runs, slug, summarize_runs, write_results
 
-TOP = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
-
-
+STUDY_KEYS = ['task', 'representation', 'name', 'clusterer']  # the study table's groups (05)
 MMVAE = Path(sys.executable).parent/'mmvae'
 PLANTED = ('pretty_midi', 'mmvae', 'ipykernel_launcher')  # modules a kernel imports; copies of them are planted in --out
 
@@ -34,9 +36,6 @@ def tiny_run(tmp_path_factory):
 def test_cli_runs_every_notebook(tiny_run):
     out, stdout, stderr = tiny_run
     assert sorted(p.stem for p in (out/'notebooks').glob('*.ipynb')) == list(NOTEBOOKS)
-    summary = pd.read_csv(out/'results'/'summary.csv')
-    assert {'task', 'representation', 'clusterer', 'nmi_mean', 'nmi_std'} <= set(summary.columns)
-    assert set(summary['task']) == {'easy', 'medium', 'hard'}
     assert 'Results (mean ± std over seeds' in stdout and '★' in stdout and 'Dataset' in stdout
     params = json.loads((out/'profile.json').read_text())
     assert params['profile'] == 'tiny' and params['seeds'] == [0]
@@ -46,36 +45,40 @@ def test_cli_runs_every_notebook(tiny_run):
     assert 'without encryption' not in stdout + stderr  # kernels talk over IPC, not TCP
 
 
+def test_every_task_writes_the_result_contract(tiny_run):
+    "Each task's runs, assignments and latents are read back through mmvae.core; 05's study table and significance cover every task."
+    out, _, _ = tiny_run
+    res = out/'results'
+    runs = read_runs(res)
+    assert set(runs['task']) == set(TASK_DIRS) and (runs['representation'] == runs['name'].map(slug)).all()
+    assert (runs.groupby(['task', 'representation'])['name'].nunique() == 1).all()
+    for task, a in read_assignments(res).groupby('task'):  # every run's predicted clusters
+        r = runs[runs['task'] == task]
+        assert set(a.groupby(['representation', 'clusterer', 'seed']).groups) == set(zip(r['representation'], r['clusterer'], r['seed'])), task
+    assert {t for t, _ in latent_files(res)} == set(TASK_DIRS)
+    assert {(t, r) for t, r in latent_files(res)} <= set(zip(runs['task'], runs['representation']))
+    assert (res/'summary.csv').read_text() == summarize_runs(runs, STUDY_KEYS).to_csv(index=False)  # 05's table, from the runs alone
+    sig = pd.read_csv(res/'significance.csv')
+    assert set(sig['task']) == set(TASK_DIRS) and not ((sig['representation'] == 'pca') & (sig['clusterer'] == 'kmeans')).any()
+
+
+def test_explorer_offers_every_saved_space(tiny_run):
+    "The explorer on a run: every latent space the tasks saved, under the display name of its runs."
+    from mmvae.data import load_manifest
+    out, _, _ = tiny_run
+    manifest = load_manifest(json.loads((out/'profile.json').read_text())['data_dir'])
+    space = explorer(out/'results', manifest, cache=out/'cache'/'maps').children[0].children[0]
+    runs = read_runs(out/'results')
+    names = dict(zip(zip(runs['task'], runs['representation']), runs['name']))
+    assert list(space.options) == [(f'{t}: {names[t, r]}', (t, r)) for t, r in latent_files(out/'results')]
+    assert len(space.options) >= 10 and ('hard: tri-modal VAE', ('hard', 'tri_modal_vae')) in space.options
+
+
 def test_run_folder_cannot_shadow_imports(tiny_run):
     "The run succeeded (a planted module raises on import) and left the planted files as they were."
     out, _, _ = tiny_run
     assert sorted(p.name for p in out.glob('*.SHADOWED')) == []
     for name in PLANTED: assert (out/f'{name}.py').read_text() == _planted(name)
-
-
-def test_explorer_on_a_run(tiny_run):
-    "The explorer's widgets: pick a space and a clusterer, click a song, list a cluster."
-    from html import escape
-    from plotly.callbacks import Points
-    from mmvae.data import load_manifest
-    out, _, _ = tiny_run
-    manifest = load_manifest(json.loads((out/'profile.json').read_text())['data_dir'])
-    box = explorer(out/'results', manifest, cache=out/'cache'/'maps')
-    (space, by), fig, (left, right) = box.children[0].children, box.children[1], box.children[2].children
-    (card, player), (group, members) = left.children, right.children
-    assert set(space.options) == set(latent_files(out/'results')) and len(space.options) >= 10
-    space.value = 'hard: tri_modal_vae'
-    assert by.options[0] == 'true mood' and 'kmeans' in by.options
-    by.value = 'kmeans'
-    xs = fig.data[0].x
-    assert len(xs) == len(manifest.dropna(subset=['audio_path'])) and set(fig.data[0].marker.color) <= set(range(5))
-    fig.data[0]._dispatch_on_click(Points(point_inds=[0], xs=[xs[0]], ys=[fig.data[0].y[0]], trace_name='', trace_index=0), None)
-    title = fig.data[0].text[0].split(' — ')[0]
-    assert f'<b>{escape(title)}</b>' in card.value and 'mood cluster' in card.value and 'predicted cluster' in card.value
-    sid = re.search(r'song (\S+) ·', card.value).group(1)
-    assert player.value == Path(manifest.set_index('id').loc[sid, 'audio_path']).read_bytes()  # its clip, ready to play
-    group.value = group.options[-1]
-    assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
 
 
 def _notebooks_with_cell(tmp_path, name, position, source) -> Path:
@@ -90,24 +93,15 @@ def _notebooks_with_cell(tmp_path, name, position, source) -> Path:
     return nbs
 
 
-def _notebooks_with_failure(tmp_path, name, position, message) -> Path:
-    "A copy of the notebooks in which notebook `name` raises RuntimeError(message) at cell `position`."
-    return _notebooks_with_cell(tmp_path, name, position, f'raise RuntimeError("{message}")')
-
-
-def test_failing_notebook_stops_the_run(tmp_path):
-    nbs = _notebooks_with_failure(tmp_path, '01_features', 2, 'feature extraction exploded')
-    with pytest.raises(ReproduceError, match='notebook 01_features failed: RuntimeError: feature extraction exploded'):
-        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['00', '01', '02'])
-    assert not (tmp_path/'run'/'notebooks'/'02_easy_vae_pca.ipynb').exists()  # stopped at the failure
-
-
-def test_failing_task_notebook_stops_the_queue(tmp_path):
-    "With the task notebooks run one after another, a failure in 02 means 03 never starts."
-    nbs = _notebooks_with_failure(tmp_path, '02_easy_vae_pca', 1, 'easy task exploded')
-    with pytest.raises(ReproduceError, match='notebook 02_easy_vae_pca failed: RuntimeError: easy task exploded'):
-        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=['02', '03'], concurrent=1)
-    assert not (tmp_path/'run'/'notebooks'/'03_medium_hybrid.ipynb').exists()
+@pytest.mark.parametrize('name, position, only, concurrent, never', [
+    ('01_features', 2, ['00', '01', '02'], 3, '02_easy_vae_pca'),  # a failure ends the run before the next stage
+    ('02_easy_vae_pca', 1, ['02', '03'], 1, '03_medium_hybrid'),  # ... and the queue of its own stage (tasks one at a time)
+])
+def test_failing_notebook_stops_the_run(tmp_path, name, position, only, concurrent, never):
+    nbs = _notebooks_with_cell(tmp_path, name, position, f'raise RuntimeError("{name} exploded")')
+    with pytest.raises(ReproduceError, match=f'notebook {name} failed: RuntimeError: {name} exploded'):
+        reproduce('tiny', out=tmp_path/'run', nbs=nbs, only=only, concurrent=concurrent)
+    assert (tmp_path/'run'/'notebooks'/f'{name}.ipynb').is_file() and not (tmp_path/'run'/'notebooks'/f'{never}.ipynb').exists()
 
 
 def test_cell_timeout_and_dead_kernel(tmp_path):
@@ -234,7 +228,7 @@ def test_unwritable_run_folder(tmp_path, capsys):
 
 
 def test_summary_of_broken_datasets(tmp_path, capsys):
-    "`mmvae summary` on damaged datasets prints the summary or one `mmvae:` line, never a traceback."
+    "`mmvae summary` on damaged datasets: the counts where the damage can be skipped, else one `mmvae:` line naming it; never a traceback."
     from mmvae.data import demo_dataset
     demo = demo_dataset(tmp_path/'cache', n_songs=10, seconds=1.0)
     def broken(name, damage):
@@ -242,20 +236,79 @@ def test_summary_of_broken_datasets(tmp_path, capsys):
         shutil.copytree(demo, d, symlinks=True)
         damage(d)
         return d
-    cases = {
-        'missing folder': tmp_path/'nowhere',
-        'empty folder': broken('empty', lambda d: [shutil.rmtree(d), d.mkdir()]),
-        'dangling symlink': broken('symlink', lambda d: (d/'Audio'/'999.mp3').symlink_to(d/'gone.mp3')),
-        'clusters.txt a folder': broken('folder', lambda d: [(d/'clusters.txt').unlink(), (d/'clusters.txt').mkdir()]),
-        'clusters.txt binary': broken('binary', lambda d: (d/'clusters.txt').write_bytes(os.urandom(500))),
-        'info csv binary': broken('info', lambda d: (d/'dataset info.csv').write_bytes(b'\xff\xfe\x00\xd8' + os.urandom(300))),
+    garbage = np.random.default_rng(0).bytes(300)
+    cases = {  # case → (dataset, exit code, what stderr names when it fails)
+        'missing folder': (tmp_path/'nowhere', 1, 'nowhere'),
+        'empty folder': (broken('empty', lambda d: [shutil.rmtree(d), d.mkdir()]), 1, 'does not look like the MIREX emotion dataset'),
+        'dangling symlink': (broken('symlink', lambda d: (d/'Audio'/'999.mp3').symlink_to(d/'gone.mp3')), 0, None),
+        'clusters.txt a folder': (broken('folder', lambda d: [(d/'clusters.txt').unlink(), (d/'clusters.txt').mkdir()]), 1, 'clusters.txt'),
+        'clusters.txt binary': (broken('binary', lambda d: (d/'clusters.txt').write_bytes(garbage)), 1, 'clusters.txt, line 1'),
+        'info csv binary': (broken('info', lambda d: (d/'dataset info.csv').write_bytes(b'\xff\xfe\x00\xd8' + garbage)), 0, None),
     }
     capsys.readouterr()
-    for case, d in cases.items():
+    for case, (d, code, named) in cases.items():
         rc = main(['summary', '--data', str(d)])
         out, err = capsys.readouterr()
-        assert rc in (0, 1) and 'Traceback' not in out + err, (case, err)
-        assert (rc == 0 and 'audio' in out) or (rc == 1 and err.startswith('mmvae: ') and err.count('\n') == 1), (case, rc, out, err)
+        assert rc == code and 'Traceback' not in out + err, (case, rc, err)
+        if code == 0: assert 'skipped_audio' in out and out.splitlines()[-1].split()[0] == 'total', (case, out)
+        else: assert err.startswith('mmvae: ') and err.count('\n') == 1 and named in err, (case, err)
+
+
+@pytest.fixture(scope='module')
+def synthetic_results(tmp_path_factory):
+    "12 demo songs and two tasks' results written through the result contract (random latents, no training)."
+    from mmvae.data import demo_dataset, load_manifest
+    tmp = tmp_path_factory.mktemp('synthetic')
+    manifest = load_manifest(demo_dataset(tmp/'cache', n_songs=12, seconds=1.0))
+    ids, y, rng = manifest['id'], manifest['cluster'], np.random.default_rng(0)
+    for task, names in {'easy': ['PCA', 'VAE'], 'hard': ['PCA', 'tri-modal VAE']}.items():
+        runs, assigned, latents = [], [], {}
+        for name in names:
+            Z = rng.normal(size=(len(ids), 3))
+            for seed in (0, 1):
+                rows, a = cluster_runs(Z, y, ids, seed, methods=('kmeans', 'gmm'), task=task, name=name, probe_f1=.2 + seed / 10)
+                runs += rows; assigned.append(a)
+            latents[slug(name)] = (ids, Z)
+        write_results(tmp/'results', task, runs, pd.concat(assigned, ignore_index=True), latents)
+    summarize_runs(read_runs(tmp/'results'), STUDY_KEYS).to_csv(tmp/'results'/'summary.csv', index=False)  # as 05 writes it
+    return tmp/'results', manifest
+
+
+def test_explorer(synthetic_results, tmp_path):
+    "The explorer's widgets: a saved space by its display name, coloured by a clusterer's first seed; click a song, list a cluster."
+    from html import escape
+    from plotly.callbacks import Points
+    results, manifest = synthetic_results
+    box = explorer(results, manifest, cache=tmp_path/'maps')
+    (space, by), fig, (left, right) = box.children[0].children, box.children[1], box.children[2].children
+    (card, player), (group, members) = left.children, right.children
+    assert [label for label, _ in space.options] == ['easy: PCA', 'easy: VAE', 'hard: PCA', 'hard: tri-modal VAE']
+    assert list(fig.data[0].marker.color) == manifest['cluster'].tolist()  # the first space, by true mood
+    space.value = ('hard', 'tri_modal_vae')
+    assert by.options == ('true mood', 'kmeans', 'gmm')
+    by.value = 'gmm'
+    a = read_assignments(results).query("task == 'hard' and representation == 'tri_modal_vae' and clusterer == 'gmm' and seed == 0")
+    assert list(fig.data[0].marker.color) == a.set_index('id')['label'].reindex(manifest['id']).tolist()
+    xs = fig.data[0].x
+    fig.data[0]._dispatch_on_click(Points(point_inds=[0], xs=[xs[0]], ys=[fig.data[0].y[0]], trace_name='', trace_index=0), None)
+    song = manifest.iloc[0]
+    assert f"<b>{escape(song['title'])}</b>" in card.value and f"predicted cluster {a['label'].iloc[0]}" in card.value
+    assert player.value == Path(song['audio_path']).read_bytes()  # its clip, ready to play
+    group.value = group.options[-1]
+    assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
+
+
+def test_results_md(synthetic_results):
+    "tools/results_md.py: the README's table, one row per task and representation (K-Means), display names, mean ± std."
+    results, _ = synthetic_results
+    r = subprocess.run([sys.executable, str(TOP/'tools'/'results_md.py'), str(results)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ['| task | representation | ACC | NMI | ARI | probe macro-F1 |', '|---|---|---|---|---|---|']
+    assert [l.split(' | ')[:2] for l in lines[2:]] == [['| easy', 'PCA'], ['| easy', 'VAE'], ['| hard', 'PCA'], ['| hard', 'tri-modal VAE']]
+    s = pd.read_csv(results/'summary.csv').query("clusterer == 'kmeans'")
+    assert lines[2].split(' | ')[2] == f"{s['acc_mean'].iloc[0]:.3f} ± {s['acc_std'].iloc[0]:.3f}"
+    assert all(l.split(' | ')[5] == '0.250 ± 0.071 |' for l in lines[2:])  # the probe of seeds 0 and 1: 0.2, 0.3
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')

@@ -1,67 +1,36 @@
-"Tests of mmvae.variants: PoE posterior, masked loss, CVAE condition, VaDE assignments, small end-to-end fits."
+"Tests of mmvae.variants: the models on the VAE base, masks and robustness, VaDE's procedure, the hard task's jobs, run and results."
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
-from mmvae.core import embed, poe, standardize, train_model  # the shared product of experts and scaling the variants use
-from mmvae.variants import (AE, BetaVAE, CVAE, TriModalVAE, VaDE, condition_labels, cross_modal_shift, fit_vade, hide,
-                            modality_data, one_hot, vade_assign)
+import mmvae.core as core
+from mmvae.core import (RUN_KEYS, VAE, MLPVAE, ModelCache, TrainConfig, TrainJob, embed, mlp, read_runs, seed_everything, seeded,
+                        slug, train_model)
+from mmvae.variants import (AE, CVAE, OWN_PRIOR, HardInputs, TriModalVAE, VaDE, condition_labels, cross_modal_shift, fit_vade,
+                            hard_baselines, hard_jobs, hard_table, hard_verdicts, hide, modality_data, one_hot, robustness_summary,
+                            run_hard, vade_assign, write_hard)
 
-
-# --- product of experts -------------------------------------------------------------------------
-
-def test_poe_one_expert_with_prior_is_analytic():
-    "N(0,1) × N(m, s²) ∝ N(m / (1 + s²), s² / (1 + s²)), per latent dimension."
-    m, s2 = torch.tensor([[1.5, -2.0, 0.0]]), torch.tensor([[0.25, 4.0, 1.0]])
-    mu, logvar = poe(m[None], s2.log()[None], torch.ones(1, 1), prior=True)
-    torch.testing.assert_close(mu, m / (1 + s2))
-    torch.testing.assert_close(logvar.exp(), s2 / (1 + s2))
+DIMS = {'audio': 6, 'lyrics': 10, 'midi': 4}
 
 
-def test_poe_one_expert_without_prior_is_that_expert():
-    m, lv = torch.randn(1, 5, 3), torch.randn(1, 5, 3)
-    mu, logvar = poe(m, lv, torch.ones(5, 1), prior=False)
-    torch.testing.assert_close(mu, m[0]); torch.testing.assert_close(logvar, lv[0])
+# --- tri-modal VAE: the loss over present modalities -------------------------------------------------
+
+def _tri(seed=0, **kw):
+    with seeded(seed): return TriModalVAE(DIMS, latent_dim=3, hidden=(8, 4), **kw)
 
 
-def test_poe_ignores_absent_experts_whatever_their_output():
-    m, lv = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
-    mask = torch.tensor([[1., 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 1]])
-    mu, logvar = poe(m, lv, mask)
-    m2, lv2 = m.clone(), lv.clone()
-    m2[1, [0, 2, 3]] = 100.; lv2[2, :3] = -5.  # change only absent experts
-    mu2, logvar2 = poe(m2, lv2, mask)
-    torch.testing.assert_close(mu, mu2); torch.testing.assert_close(logvar, logvar2)
-    torch.testing.assert_close(mu[2], torch.zeros(2)); torch.testing.assert_close(logvar[2], torch.zeros(2))  # prior only
-    with pytest.raises(ValueError, match='at least one modality'): poe(m, lv, mask, prior=False)
-
-
-def test_poe_two_experts_precision_weighted():
-    m, v = torch.tensor([[[1.0]], [[3.0]]]), torch.tensor([[[1.0]], [[0.5]]])
-    mu, logvar = poe(m, v.log(), torch.ones(1, 2))
-    prec = 1 + 1 / 1.0 + 1 / 0.5
-    torch.testing.assert_close(logvar.exp(), torch.tensor([[1 / prec]]))
-    torch.testing.assert_close(mu, torch.tensor([[(1.0 / 1.0 + 3.0 / 0.5) / prec]]))
-
-
-# --- tri-modal loss over present modalities -----------------------------------------------------
-
-def _tri(seed=0):
-    torch.manual_seed(seed)
-    return TriModalVAE({'audio': 6, 'lyrics': 10, 'midi': 4}, latent_dim=3, hidden=(8, 4))
-
-
-def _xs(n, seed=0):
+def _batch(n, lyrics, midi, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {m: torch.randn(n, d, generator=g) for m, d in (('audio', 6), ('lyrics', 10), ('midi', 4))}
+    return {m: torch.randn(n, d, generator=g) for m, d in DIMS.items()} | {
+        'lyrics_mask': torch.tensor(lyrics, dtype=torch.bool), 'midi_mask': torch.tensor(midi, dtype=torch.bool)}
 
 
 @pytest.mark.parametrize('subsample', [True, False])
 def test_absent_modality_gets_no_gradient(subsample):
-    model = _tri(); model.subsample = subsample; model.train()
-    mask = torch.tensor([[1., 1, 0], [1, 0, 0], [1, 1, 0]])  # MIDI absent everywhere
-    model(mask=mask, **_xs(3)).loss.backward()
+    model = _tri(subsample=subsample).train()
+    model(**_batch(3, [1, 0, 1], [0, 0, 0])).loss.backward()  # MIDI absent everywhere
     for name, p in model.experts['midi'].named_parameters():  # its encoder (expert) and its decoder
         assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in model.experts['lyrics'].decoder.parameters())
@@ -69,53 +38,91 @@ def test_absent_modality_gets_no_gradient(subsample):
 
 def test_loss_does_not_depend_on_absent_inputs():
     model = _tri().eval()
-    mask = torch.tensor([[1., 0, 1], [1, 1, 0]])
-    xs = _xs(2); xs2 = {k: v.clone() for k, v in xs.items()}
-    xs2['lyrics'][0] = 50.; xs2['midi'][1] = -50.  # garbage where the modality is absent
+    b = _batch(2, [0, 1], [1, 0]); b2 = {k: v.clone() for k, v in b.items()}
+    b2['lyrics'][0] = 50.; b2['midi'][1] = -50.  # garbage where the modality is absent
+    with torch.no_grad(): torch.testing.assert_close(model(**b).loss, model(**b2).loss)
+
+
+def test_float_and_bool_masks_agree():
+    model, b = _tri().eval(), _batch(4, [1, 0, 1, 0], [0, 0, 1, 1])
+    f = b | {k: v.float() for k, v in b.items() if k.endswith('_mask')}
+    with torch.no_grad(): torch.testing.assert_close(model(**b).loss, model(**f).loss, rtol=0, atol=0)
+
+
+def test_tri_modal_eval_is_the_base_elbo_and_training_adds_single_modality_terms():
+    "In evaluation (or without subsampling) forward is VAE.forward; in training the MVAE terms add to it."
+    model, b = _tri(), _batch(5, [1, 1, 0, 1, 0], [1, 0, 0, 1, 1])
     with torch.no_grad():
-        torch.testing.assert_close(model(mask=mask, **xs).loss, model(mask=mask, **xs2).loss)
+        model.eval(); assert float(model(**b).loss) == float(VAE.forward(model, **b).loss)
+        model.train(); model.subsample = False
+        with seeded(1): plain = float(model(**b).loss)
+        with seeded(1): assert plain == float(VAE.forward(model, **b).loss)
+        model.subsample = True
+        with seeded(1): assert float(model(**b).loss) > plain
+
+
+def test_tri_modal_weights_rule_and_override():
+    assert _tri().weights == {'audio': 1.0, 'lyrics': 0.6, 'midi': 1.5}
+    assert _tri(weights={'audio': 1, 'lyrics': 1, 'midi': 1}).weights == {'audio': 1, 'lyrics': 1, 'midi': 1}
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return {m: rng.normal(size=(n, d)).astype(np.float32) for m, d in DIMS.items()} | {
+        'lyrics_mask': rng.random(n) < .7, 'midi_mask': rng.random(n) < .4}
 
 
 def test_hide_and_cross_modal_shift():
-    rng = np.random.default_rng(0)
-    data = {'audio': rng.normal(size=(20, 6)).astype(np.float32), 'lyrics': rng.normal(size=(20, 10)).astype(np.float32),
-            'midi': rng.normal(size=(20, 4)).astype(np.float32), 'mask': np.ones((20, 3), np.float32)}
-    data['mask'][:5, 2] = 0
-    h = hide(data, 'lyrics', ['audio', 'lyrics', 'midi'])
-    assert h['mask'][:, 1].sum() == 0 and data['mask'][:, 1].sum() == 20  # a copy, original untouched
-    r = cross_modal_shift(_tri(), data, 'midi')
-    assert r['n_songs'] == 15 and r['spread'] > 0 and r['relative_shift'] >= 0
+    data = _data(20)
+    h = hide(data, 'lyrics')
+    assert not h['lyrics_mask'].any() and data['lyrics_mask'].sum() > 0  # a copy, original untouched
+    model, has = _tri(), data['midi_mask']
+    r = cross_modal_shift(model, data, 'midi')
+    assert r['n_songs'] == has.sum() and r['relative_shift'] > 0
+    full, hidden = embed(model, data), embed(model, hide(data, 'midi'))
+    np.testing.assert_array_equal(full[~has], hidden[~has])  # songs without MIDI do not move
+    np.testing.assert_allclose(r['shift'], np.linalg.norm(full[has] - hidden[has], axis=1).mean(), rtol=1e-6)
+    audio = cross_modal_shift(model, data, 'audio')  # no mask: every song has it
+    assert audio['n_songs'] == 20 and audio['shift'] > 0
+    assert np.isnan(cross_modal_shift(model, h, 'lyrics')['relative_shift'])  # nobody has lyrics: nothing to measure
+
+
+class _FS:
+    def __init__(self, n=30, seed=1):
+        rng = np.random.default_rng(seed)
+        self.audio, self.lyrics_emb, self.midi = rng.normal(5, 2, (n, 4)), rng.normal(size=(n, 3)), rng.normal(3, 1, (n, 2))
+        self.mask = {'audio': np.ones(n, bool), 'lyrics': rng.random(n) < .7, 'midi': rng.random(n) < .4}
+        self.midi[~self.mask['midi']] = 0
 
 
 def test_modality_data_standardises_present_rows_only():
-    class FS: pass
-    fs = FS(); rng = np.random.default_rng(1)
-    fs.audio, fs.lyrics_emb, fs.midi = rng.normal(5, 2, (30, 4)), rng.normal(size=(30, 3)), rng.normal(3, 1, (30, 2))
-    fs.mask = {'audio': np.ones(30, bool), 'lyrics': rng.random(30) < .7, 'midi': rng.random(30) < .4}
-    fs.midi[~fs.mask['midi']] = 0
+    fs = _FS()
     d = modality_data(fs, np.arange(30))
-    assert d['mask'].dtype == np.float32 and d['mask'].shape == (30, 3)
+    assert list(d) == ['audio', 'lyrics', 'midi', 'lyrics_mask', 'midi_mask'] and d['midi_mask'].dtype == bool
     present = fs.mask['midi']
+    np.testing.assert_array_equal(d['midi_mask'], present)
     np.testing.assert_allclose(d['midi'][present].mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(d['midi'][present].std(0), 1, atol=1e-4)
     assert (d['midi'][~present] == 0).all()
-    np.testing.assert_allclose(standardize(np.ones((4, 2))), 0)  # constant columns do not divide by zero
+    sub = modality_data(fs, present)  # boolean rows select like indices
+    np.testing.assert_array_equal(sub['lyrics_mask'], fs.mask['lyrics'][present])
+
+
+def test_modality_data_needs_the_reference_modality_everywhere():
+    fs = _FS(); fs.mask['audio'][:3] = False
+    with pytest.raises(ValueError, match='3 of the rows lack audio, the reference modality'): modality_data(fs, np.arange(30))
+    assert len(modality_data(fs, np.arange(3, 30))['audio']) == 27
 
 
 def test_tri_modal_trains_and_embeds_every_song():
-    rng = np.random.default_rng(0)
-    n = 40
-    data = {'audio': rng.normal(size=(n, 6)).astype(np.float32), 'lyrics': rng.normal(size=(n, 10)).astype(np.float32),
-            'midi': rng.normal(size=(n, 4)).astype(np.float32),
-            'mask': np.stack([np.ones(n), rng.random(n) < .7, rng.random(n) < .3], 1).astype(np.float32)}
-    model = _tri()
-    hist = train_model(model, data, epochs=3, seed=0, progress=False)
-    assert np.isfinite(hist['train_loss']).all()
+    data, model = _data(), _tri()
+    hist = train_model(model, data, TrainConfig(epochs=3), seed=0, device='cpu', progress=False)
+    assert len(hist) == 3 and np.isfinite(hist[['train_loss', 'val_loss']]).all().all()
     Z = embed(model, data)
-    assert Z.shape == (n, 3) and np.isfinite(Z).all()
+    assert Z.shape == (40, 3) and np.isfinite(Z).all()
 
 
-# --- CVAE condition never includes the mood --------------------------------------------------------
+# --- CVAE: the condition never includes the mood ----------------------------------------------------
 
 def _manifest():
     return pd.DataFrame({'id': ['001', '002', '003', '004', '005'], 'cluster': [1, 1, 2, 3, 5],
@@ -136,6 +143,7 @@ def test_condition_genre_and_decade():
     assert list(condition_labels(m, 'decade')) == ['1970s', 'unknown', '1990s', '1970s', '2000s']
     assert condition_labels(m.drop(columns='genre')).name == 'decade'  # no Genre column → decade
     with pytest.raises(ValueError, match="no genre column"): condition_labels(m.drop(columns='genre'), 'genre')
+    with pytest.raises(ValueError, match="unknown condition 'mood'"): condition_labels(m, 'mood')
 
 
 def test_encoded_condition_independent_of_cluster():
@@ -147,36 +155,101 @@ def test_encoded_condition_independent_of_cluster():
         assert not set(na) & ({str(c) for c in m['cluster']} | set(m['category']))
 
 
+def test_one_hot_merges_rare_labels():
+    codes, names = one_hot(['a', 'b', 'a', 'c'], min_count=2)
+    assert names == ['a', 'other']
+    np.testing.assert_array_equal(codes.argmax(1), [0, 1, 0, 1])
+
+
 def test_cvae_shapes_and_condition_matters():
-    torch.manual_seed(0)
-    model = CVAE(6, 3, latent_dim=2, hidden=(8, 4)).eval()
+    with seeded(0): model = CVAE(6, 3, latent_dim=2, hidden=(8, 4))
+    model.eval()
     x = torch.randn(4, 6)
     c1, c2 = torch.eye(3)[[0, 0, 0, 0]], torch.eye(3)[[1, 1, 1, 1]]
     with torch.no_grad():
         out = model(x=x, c=c1)
         assert out.x_hat.shape == (4, 6) and out.mu.shape == (4, 2)
         assert not torch.allclose(model.decode(out.mu, c1), model.decode(out.mu, c2))
+        assert not torch.allclose(model.encode(x=x, c=c1)[0], model.encode(x=x, c=c2)[0])
 
 
-# --- VaDE ---------------------------------------------------------------------------------------
+def test_cvae_initial_weights_are_those_of_the_mlpvae_layout():
+    "One seed draws the same weights as the former MLPVAE(cond_dim=...): encoder, heads, decoder, in that order."
+    with seeded(3): model = CVAE(6, 3, latent_dim=2, hidden=(8, 4))
+    ref = nn.Module()
+    with seeded(3):
+        ref.encoder = mlp((9, 8, 4))
+        ref.mu_head, ref.logvar_head = nn.Linear(4, 2), nn.Linear(4, 2)
+        ref.decoder = nn.Sequential(mlp((5, 4, 8)), nn.Linear(8, 6))
+    a, b = model.state_dict(), ref.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
-def test_vade_assignments_are_probabilities():
-    torch.manual_seed(0)
-    model = VaDE(6, latent_dim=2, hidden=(8, 4), k=4)
+
+# --- AE / β-VAE ------------------------------------------------------------------------------------
+
+def test_ae_is_deterministic_and_has_no_kl():
+    with seeded(0): model = AE(6, latent_dim=2, hidden=(8, 4))
+    model.train()
+    x = torch.randn(5, 6)
+    a, b = model(x=x), model(x=x)  # in training mode: no sampling
+    torch.testing.assert_close(a.z, b.z); torch.testing.assert_close(a.z, a.mu)
+    assert float(a.logs['kl']) == 0. and float(a.loss.detach()) == float(a.logs['recon'])
+    a.loss.backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.logvar_head.parameters())  # the variance is unused
+
+
+def test_beta_vae_jobs_are_mlpvaes_named_by_beta():
+    jobs = hard_jobs(_inputs(), seeds=[0], betas=[0.5, 4.0], latent_dim=2, hidden=(8, 4))
+    beta = {name: job for (name, _), job in jobs.items() if name.startswith('β')}
+    assert list(beta) == ['β-VAE (β=0.5)', 'β-VAE (β=4)'] and [slug(n) for n in beta] == ['beta_vae_beta_0_5', 'beta_vae_beta_4']
+    assert all(j.model is MLPVAE for j in beta.values()) and [j.build().beta for j in beta.values()] == [0.5, 4.0]
+
+
+# --- VaDE --------------------------------------------------------------------------------------------
+
+def _blobs3():
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(m, .3, (15, 5)) for m in (-2, 0, 2)]).astype(np.float32)
+
+
+def test_vade_assignments_are_a_distribution_and_batch_free():
+    with seeded(0): model = VaDE(6, latent_dim=2, hidden=(8, 4), k=4)
     model.init_gmm(np.random.default_rng(0).normal(size=(50, 2)))
-    assert not model.pretrain
-    g = vade_assign(model, np.random.default_rng(1).normal(size=(30, 6)) * 10)
-    assert g.shape == (30, 4) and (g >= 0).all()
+    X = np.random.default_rng(1).normal(size=(30, 6)) * 10
+    g = vade_assign(model, X)
+    assert g.shape == (30, 4)
     np.testing.assert_allclose(g.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(vade_assign(model, X, batch_size=7), g, atol=1e-6)
+
+
+def test_vade_one_standard_component_equals_vae_kl():
+    with seeded(0): model = VaDE(6, latent_dim=3, hidden=(8, 4), k=1)
+    model.eval()
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        model.mu_c.zero_(); model.logvar_c.zero_()
+        kl_vae = model(x=x).logs['kl']; model.gmm_ready.fill_(True)
+        kl_mix = model(x=x).logs['kl']
+        torch.testing.assert_close(kl_mix, kl_vae, atol=1e-5, rtol=1e-5)
+        model.mu_c.fill_(3.)  # a component away from the posterior: a larger KL
+        assert model(x=x).logs['kl'] > kl_vae + 1
+
+
+def test_vade_prior_travels_with_the_state_dict():
+    ready = VaDE(5, latent_dim=2, hidden=(8, 4), k=3).init_gmm(np.random.default_rng(0).normal(size=(30, 2)))
+    fresh = VaDE(5, latent_dim=2, hidden=(8, 4), k=3)
+    assert 'gmm_ready' in ready.state_dict() and not fresh.gmm_ready
+    fresh.load_state_dict(ready.state_dict())
+    assert bool(fresh.gmm_ready)
+    x = torch.randn(4, 5)
+    with torch.no_grad(): torch.testing.assert_close(fresh.eval()(x=x).logs['kl'], ready.eval()(x=x).logs['kl'])
 
 
 def test_vade_fit_end_to_end():
-    rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(m, .3, (15, 5)) for m in (-2, 0, 2)]).astype(np.float32)
-    torch.manual_seed(0)
-    model = VaDE(5, latent_dim=2, hidden=(8, 4), k=3)
-    hist = fit_vade(model, {'x': X}, epochs=3, seed=0, progress=False)
-    assert set(hist['phase']) == {'pretrain', 'vade'}
+    X = _blobs3()
+    job = TrainJob(VaDE, dict(in_dim=5, latent_dim=2, hidden=(8, 4), k=3), {'x': X}, seed=0, config=TrainConfig(epochs=3), procedure=fit_vade)
+    model, hist = job.run(device='cpu')
+    assert set(hist['phase']) == {'pretrain', 'vade'} and bool(model.gmm_ready)
     pre, full = hist[hist.phase == 'pretrain'], hist[hist.phase == 'vade']
     assert full['epoch'].min() == pre['epoch'].max() + 1 and hist['epoch'].is_monotonic_increasing  # one epoch axis, no overlap
     assert hist.attrs['best_epoch'] in set(full['epoch'])  # the restored weights are the full-ELBO phase's
@@ -184,51 +257,112 @@ def test_vade_fit_end_to_end():
     assert np.isfinite(g).all() and np.allclose(g.sum(1), 1, atol=1e-5)
 
 
-def test_vade_one_standard_component_equals_vae_kl():
-    torch.manual_seed(0)
-    model = VaDE(6, latent_dim=3, hidden=(8, 4), k=1).eval()
-    x = torch.randn(5, 6)
-    with torch.no_grad():
-        model.mu_c.zero_(); model.logvar_c.zero_()
-        kl_vae = model(x=x).logs['kl']; model.pretrain = False
-        torch.testing.assert_close(model(x=x).logs['kl'], kl_vae, atol=1e-5, rtol=1e-5)
-
-
-# --- AE / β-VAE ----------------------------------------------------------------------------------
-
-def test_ae_is_deterministic_and_has_no_kl():
-    torch.manual_seed(0)
-    model = AE(6, latent_dim=2, hidden=(8, 4)).train()
-    x = torch.randn(5, 6)
-    a, b = model(x=x), model(x=x)
-    torch.testing.assert_close(a.z, b.z)
-    assert 'kl' not in a.logs
-    torch.testing.assert_close(a.loss, a.logs['recon'])
-
-
-def test_beta_vae_weights_kl():
-    torch.manual_seed(0)
-    x = torch.randn(5, 6)
-    m1 = BetaVAE(6, 2, (8, 4), beta=1.0); m4 = BetaVAE(6, 2, (8, 4), beta=4.0)
-    m4.load_state_dict(m1.state_dict())
-    torch.manual_seed(1); o1 = m1(x=x)
-    torch.manual_seed(1); o4 = m4(x=x)
-    torch.testing.assert_close(o4.loss - o1.loss, 3 * o1.logs['kl'])
-
-
 def test_vade_fit_is_cached_as_one_entry(tmp_path, monkeypatch):
-    "A second identical `fit_vade` with the model cache runs no epoch and gives the same model, history and assignments."
-    import mmvae.core as core
-    rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(m, .3, (15, 5)) for m in (-2, 0, 2)]).astype(np.float32)
-    def fit():
-        torch.manual_seed(0)
-        model = VaDE(5, latent_dim=2, hidden=(8, 4), k=3)
-        return model, fit_vade(model, {'x': X}, epochs=3, seed=0, progress=False, device='cpu', cache=tmp_path)
-    m1, h1 = fit()
+    "A second identical job with the model cache runs no epoch and gives the same model (mixture prior on), history and assignments."
+    X = _blobs3()
+    job = TrainJob(VaDE, dict(in_dim=5, latent_dim=2, hidden=(8, 4), k=3), {'x': X}, seed=0, config=TrainConfig(epochs=3), procedure=fit_vade)
+    m1, h1 = job.run(ModelCache(tmp_path), 'cpu')
     assert len(list(tmp_path.glob('*.pt'))) == 1  # both phases: one entry
     monkeypatch.setattr(core, '_run_epoch', lambda *a, **k: pytest.fail('an epoch ran although the fit was cached'))
-    m2, h2 = fit()
+    m2, h2 = job.run(ModelCache(tmp_path), 'cpu')
     pd.testing.assert_frame_equal(h2, h1)
-    assert h2.attrs['best_epoch'] == h1.attrs['best_epoch'] and not m2.pretrain
+    assert h2.attrs['best_epoch'] == h1.attrs['best_epoch'] and bool(m2.gmm_ready)
     np.testing.assert_array_equal(vade_assign(m2, X), vade_assign(m1, X))
+
+
+# --- the hard task: jobs, run, results ----------------------------------------------------------------
+
+def _inputs(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(1, 5), n // 4)
+    data = _data(n, seed)
+    data['audio'] = (data['audio'] + y[:, None]).astype(np.float32)  # a little mood signal in the audio
+    data['lyrics_mask'][:12] = data['midi_mask'][:12] = True  # at least 12 complete songs
+    cond = pd.Series(rng.choice(['1970s', '1990s', 'unknown'], n), name='decade')
+    C, names = one_hot(cond)
+    return HardInputs(ids=np.array([f'{i:03d}' for i in range(n)], dtype=object), y=y, X=data['audio'],
+                      audio_names=[f'a{i}' for i in range(DIMS['audio'])], cond=cond, C=C, cond_names=names, data=data)
+
+
+def test_hard_jobs_order_seeds_and_initialisation():
+    inputs = _inputs()
+    jobs = hard_jobs(inputs, seeds=[3, 4], epochs=2, betas=[1.0], latent_dim=2, hidden=(8, 4), k=4)
+    names = ['AE', 'β-VAE (β=1)', 'CVAE', 'tri-modal VAE', 'tri-modal VAE (complete songs only)', 'VaDE']
+    assert list(jobs) == [(n, s) for s in (3, 4) for n in names]  # seed by seed, the model table's order
+    assert jobs['VaDE', 3].procedure is fit_vade and jobs['AE', 3].procedure is None
+    assert jobs['CVAE', 3].kwargs['cond_dim'] == inputs.C.shape[1] and set(jobs['CVAE', 3].data) == {'x', 'c'}
+    assert len(jobs['tri-modal VAE (complete songs only)', 3].data['audio']) == inputs.complete.sum()
+    assert all(j.config.epochs == 2 for j in jobs.values())
+    seed_everything(4); ref = CVAE(**jobs['CVAE', 4].kwargs)  # how the notebook drew the weights before TrainJob
+    got = jobs['CVAE', 4].build().state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items())
+    few = hard_jobs(inputs, seeds=[0], latent_dim=2, hidden=(8, 4), min_complete=int(inputs.complete.sum()) + 1)
+    assert ('tri-modal VAE (complete songs only)', 0) not in few and ('tri-modal VAE', 0) in few
+    table = hard_table(inputs, jobs, latent_dim=2)
+    assert list(table.index) == ['standardised_audio_features', 'pca', *map(slug, names)]
+    assert table.loc['vade', 'clusterers'] == f'{OWN_PRIOR}, kmeans'
+
+
+def test_hard_baselines():
+    X = _inputs().X
+    b = hard_baselines(X, latent_dim=3, seed=0)
+    assert list(b) == ['standardised audio features', 'PCA'] and b['PCA'].shape == (40, 3) and b['standardised audio features'] is X
+
+
+@pytest.fixture(scope='module')
+def hard_run(tmp_path_factory):
+    inputs = _inputs()
+    jobs = hard_jobs(inputs, seeds=[0, 1], epochs=2, betas=[1.0], latent_dim=2, hidden=(8, 4), k=4)
+    cache = tmp_path_factory.mktemp('models')
+    return run_hard(inputs, jobs, latent_dim=2, k=4, cache=cache, n_jobs=1, progress=False), cache
+
+
+def test_run_hard_rows_follow_the_result_contract(hard_run):
+    result, _ = hard_run
+    runs = result.runs
+    assert list(runs.columns[:len(RUN_KEYS)]) == list(RUN_KEYS) and set(runs['task']) == {'hard'}
+    assert (runs['representation'] == runs['name'].map(slug)).all()
+    assert len(runs) == 2 * (8 + 1)  # 8 representations with K-Means, VaDE also with its mixture, per seed
+    assert set(runs.loc[runs.name == 'VaDE', 'clusterer']) == {'kmeans', OWN_PRIOR}
+    vade = runs[runs.name == 'VaDE'].groupby('seed')['probe_f1'].nunique()
+    assert (vade == 1).all()  # one probe per latent space
+    assert len(result.assignments) == len(runs) * 40
+    np.testing.assert_array_equal(result.labels('VaDE', OWN_PRIOR, seed=1),
+                                  vade_assign(result.models['VaDE', 1], result.inputs.X).argmax(1))
+    rob = result.robustness
+    assert len(rob) == 2 * 2 * 2 and set(rob['modality']) == {'lyrics', 'midi'}  # 2 tri-modal models × 2 modalities × 2 seeds
+    assert set(rob.loc[rob.name == 'tri-modal VAE (complete songs only)', 'trained_on']) == {int(result.inputs.complete.sum())}
+
+
+def test_run_hard_again_loads_every_model(hard_run, monkeypatch):
+    result, cache = hard_run
+    monkeypatch.setattr(core, '_run_epoch', lambda *a, **k: pytest.fail('an epoch ran although every model was cached'))
+    again = run_hard(result.inputs, result.jobs, latent_dim=2, k=4, cache=cache, n_jobs=1, progress=False)
+    pd.testing.assert_frame_equal(again.runs, result.runs)
+
+
+def test_write_hard_round_trip(hard_run, tmp_path):
+    result, _ = hard_run
+    files = write_hard(tmp_path, result)
+    folder = tmp_path/'hard_task'
+    assert {folder/'runs.csv', folder/'hard_task_robustness.csv', folder/'curves'/'vade_seed1.csv', folder/'latents'/'pca.npz'} <= set(files)
+    back = read_runs(tmp_path)
+    assert back[['representation', 'clusterer', 'seed']].values.tolist() == result.runs[['representation', 'clusterer', 'seed']].values.tolist()
+    np.testing.assert_allclose(back['acc'], result.runs['acc'])
+    curve = pd.read_csv(folder/'curves'/'vade_seed1.csv')
+    assert set(curve['phase']) == {'pretrain', 'vade'}
+
+
+def test_robustness_summary_and_verdicts(hard_run):
+    result, _ = hard_run
+    rs = robustness_summary(result.robustness)
+    assert len(rs) == 4
+    r = rs[(rs.name == 'tri-modal VAE') & (rs.modality == 'midi')].iloc[0]
+    shifts = result.robustness.query("name == 'tri-modal VAE' and modality == 'midi'")['relative_shift']
+    np.testing.assert_allclose([r.relative_shift_mean, r.relative_shift_std], [shifts.mean(), shifts.std()])
+    verdicts = hard_verdicts(result)
+    s = result.summary()
+    best = s.loc[s['acc_mean'].idxmax()]
+    assert f"is {best['name']} + {best['clusterer']} (ACC {best['acc_mean']:.3f}" in verdicts[0]
+    assert any('of its 4 components' in v for v in verdicts)
+    assert any('complete songs only' in v for v in verdicts)

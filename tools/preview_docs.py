@@ -9,7 +9,7 @@ is installed (`nbdev_docs`); this preview is what can be built and checked anywh
 import argparse, os, shutil
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent
+from mmvae.analysis import NOTEBOOKS, notebooks_dir
 
 
 def process(src: Path, dst: Path):
@@ -34,14 +34,14 @@ def to_html(nb_path: Path, out: Path) -> Path:
 
 
 def preview(executed: Path, out: Path) -> list[Path]:
-    "Process and render the executed notebooks (and the unexecuted index); return the pages."
-    os.chdir(TOP)
+    "Process and render the executed study notebooks found in `executed` (and the unexecuted index); return the pages."
+    nbs = notebooks_dir()
+    os.chdir(nbs.parent)
     out.mkdir(parents=True, exist_ok=True)
     work = out/'_proc'
     shutil.rmtree(work, ignore_errors=True); work.mkdir()
-    names = sorted(p.name for p in executed.glob('[0-9][0-9]_*.ipynb'))
     pages = []
-    for src in [TOP/'nbs'/'index.ipynb', *(executed/n for n in names)]:
+    for src in [nbs/'index.ipynb', *(executed/f'{n}.ipynb' for n in NOTEBOOKS if (executed/f'{n}.ipynb').is_file())]:
         process(src, work/src.name)
         pages.append(to_html(work/src.name, out))
     links = ''.join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in pages)

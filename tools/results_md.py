@@ -7,11 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
-s = pd.read_csv(Path(sys.argv[1])/'summary.csv')
-s = s[s['clusterer'].isin(['kmeans', 'mixture (own prior)'])]
-pm = lambda m: s[f'{m}_mean'].map('{:.3f}'.format) + ' ± ' + s[f'{m}_std'].fillna(0).map('{:.3f}'.format)
-cols = {'task': s['task'], 'representation': s['representation'] + s['clusterer'].map(lambda c: '' if c == 'kmeans' else f' ({c})'),
-        'ACC': pm('acc'), 'NMI': pm('nmi'), 'ARI': pm('ari'), 'probe macro-F1': pm('probe_f1')}
-t = pd.DataFrame(cols)
-print('| ' + ' | '.join(t.columns) + ' |\n|' + '---|' * len(t.columns))
-for row in t.itertuples(index=False): print('| ' + ' | '.join(map(str, row)) + ' |')
+from mmvae.core import format_pm
+
+SHOWN = ('kmeans', 'mixture (own prior)')  # K-Means, and VaDE's own mixture
+COLUMNS = {'acc': 'ACC', 'nmi': 'NMI', 'ari': 'ARI', 'probe_f1': 'probe macro-F1'}
+
+
+def results_md(results) -> str:
+    "The markdown table of the study summary (`summary.csv`) under the results root `results`."
+    s = pd.read_csv(Path(results)/'summary.csv')
+    s = s[s['clusterer'].isin(SHOWN)].reset_index(drop=True)
+    s['representation'] = s['name'] + s['clusterer'].map(lambda c: '' if c == 'kmeans' else f' ({c})')
+    t = format_pm(s, list(COLUMNS), index=('task', 'representation')).rename(columns=COLUMNS).reset_index()
+    return '\n'.join(['| ' + ' | '.join(t.columns) + ' |', '|' + '---|' * len(t.columns),
+                      *('| ' + ' | '.join(map(str, row)) + ' |' for row in t.itertuples(index=False))])
+
+
+if __name__ == '__main__':
+    print(results_md(sys.argv[1]))
