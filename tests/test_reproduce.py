@@ -156,13 +156,19 @@ def _wait_for_kernel_workers(tree, proc, timeout=300):
     pytest.fail(f'no busy loky worker of a kernel within {timeout} s')
 
 
+def _ctrl_c_as_in_a_terminal():
+    "SIGINT as a terminal delivers it: a test suite started in the background (where shells ignore SIGINT) must not pass that on."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_during_training_stops_everything(tiny_run, tmp_path):
     "Ctrl-C (SIGINT) while the hard task trains its models in loky workers: the run ends within 10 s with code 130 and the resume hint, leaving no process and no connection file."
     out = tmp_path/'run'
     shutil.copytree(tiny_run[0]/'cache', out/'cache')  # demo and features warm; new seeds and epochs: 04 trains at once
     log = (tmp_path/'stdout').open('w'), (tmp_path/'stderr').open('w')
     p = subprocess.Popen([str(MMVAE), 'reproduce', '--profile', 'tiny', '--epochs', '3000', '--seeds', '5', '6', '7', '--only', '04', '--out', str(out)],
-                         stdout=log[0], stderr=log[1], start_new_session=True)
+                         stdout=log[0], stderr=log[1], start_new_session=True,
+                         preexec_fn=_ctrl_c_as_in_a_terminal)
     tree = _Tree(p.pid)
     try:
         _wait_for_kernel_workers(tree, p)  # 04's training pool at work
