@@ -15,7 +15,7 @@ import psutil
 from scipy.optimize import linear_sum_assignment
 import mmvae
 from .data import PAPER_F1, DatasetError, MediaError, demo_dataset, find_dataset_root, load_manifest, manifest_counts, read_lyrics, resolve_data_dir
-from .core import format_pm, latent_files, project_2d, read_assignments, read_latent, read_runs, summarize_runs
+from .core import SUMMARY_KEYS, format_pm, latent_files, project_2d, read_assignments, read_latent, read_runs, summarize_runs
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'mark_best', 'probe_table', 'resampled_tables', 'nmi_of_tables',

@@ -20,15 +20,16 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 # %% auto #0
-__all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'RUN_KEYS', 'TASK_DIRS', 'ASSIGNMENT_COLUMNS', 'get_device', 'seed_everything',
-           'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput', 'gaussian_kl', 'reparameterize',
-           'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE', 'MLPVAE', 'TrainConfig',
-           'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache', 'as_cache', 'embed',
-           'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units', 'standardize', 'VAEEmbedder',
-           'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate', 'align_labels', 'evaluate',
-           'summarize_runs', 'format_pm', 'compare', 'linear_probe', 'setup_plotly', 'project_2d', 'latent_map',
-           'song_hover', 'training_curves', 'metric_bars', 'confusion', 'save_figure', 'score_clustering',
-           'cluster_runs', 'write_results', 'read_runs', 'read_assignments', 'latent_files', 'read_latent']
+__all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'SUMMARY_KEYS', 'RUN_KEYS', 'TASK_DIRS', 'ASSIGNMENT_COLUMNS', 'get_device',
+           'seed_everything', 'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput',
+           'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE',
+           'MLPVAE', 'TrainConfig', 'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache',
+           'as_cache', 'embed', 'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units',
+           'standardize', 'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate',
+           'align_labels', 'evaluate', 'summarize_runs', 'format_pm', 'verdict', 'mean_std', 'compare', 'linear_probe',
+           'setup_plotly', 'project_2d', 'latent_map', 'song_hover', 'training_curves', 'metric_bars', 'confusion',
+           'save_figure', 'score_clustering', 'cluster_runs', 'write_results', 'read_runs', 'read_assignments',
+           'latent_files', 'read_latent']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
@@ -732,22 +733,35 @@ def format_pm(summary: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, 
     return out.set_index(pd.MultiIndex.from_frame(summary[keep]) if len(keep) > 1 else pd.Index(summary[keep[0]])) if keep else out
 
 # %% ../nbs/02_easy_vae_pca.ipynb #c401f879
-def compare(summary: pd.DataFrame,  # from `summarize_runs`, with representation and clusterer columns
+def verdict(d: float,  # a difference of means
+            spread: float,  # the yardstick, e.g. the larger seed spread
+            up: str = 'better', down: str = 'worse',  # the words for a positive and a negative difference
+           ) -> str:
+    "'about the same' when |d| is within the spread, else `up` or `down` by its sign."
+    return 'about the same' if abs(d) <= spread else up if d > 0 else down
+
+def mean_std(summary: pd.DataFrame,  # from `summarize_runs`, with representation, name and clusterer columns
+             representation: str,  # a representation id or display name
+             metric: str,  # e.g. 'nmi'
+             clusterer: str = 'kmeans',  # the clusterer of the run
+            ) -> tuple[float, float]:
+    "Mean and seed spread (0 for one seed) of a metric of one representation and clusterer."
+    by = 'representation' if (summary['representation'] == representation).any() else 'name'
+    r = summary.set_index([by, 'clusterer']).loc[(representation, clusterer)]
+    return r[f'{metric}_mean'], 0. if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
+
+def compare(summary: pd.DataFrame,  # from `summarize_runs`, with representation, name and clusterer columns
             a: str, b: str,  # representation ids (or display names) to compare: a against b
             clusterer: str = 'kmeans',  # the clusterer of both runs
             metric: str = 'nmi',  # the metric
            ) -> str:
     "A sentence comparing two representations under one clusterer, the larger seed spread as the yardstick."
-    s = summary.set_index(['representation', 'clusterer'])
-    def get(r):
-        key = r if (r, clusterer) in s.index else slug(r)
-        row = s.loc[(key, clusterer)]
-        return row.get('name', key), row[f'{metric}_mean'], 0. if pd.isna(row[f'{metric}_std']) else row[f'{metric}_std']
-    (na, ma, sa), (nb_, mb, sb) = get(a), get(b)
+    def name(r): return summary.loc[(summary['representation'] == r) | (summary['name'] == r), 'name'].iloc[0]
+    (ma, sa), (mb, sb) = mean_std(summary, a, metric, clusterer), mean_std(summary, b, metric, clusterer)
     d, spread = ma - mb, max(sa, sb)
-    verdict = 'about the same as' if abs(d) <= spread else 'better than' if d > 0 else 'worse than'
-    return (f"With {clusterer}, {na} scores {metric.upper()} {ma:.3f} ± {sa:.3f} against {mb:.3f} ± {sb:.3f} for {nb_}: "
-            f"{verdict} it (difference {d:+.3f}, largest seed spread {spread:.3f}).")
+    v = {'better': 'better than', 'worse': 'worse than', 'about the same': 'about the same as'}[verdict(d, spread)]
+    return (f"With {clusterer}, {name(a)} scores {metric.upper()} {ma:.3f} ± {sa:.3f} against {mb:.3f} ± {sb:.3f} for {name(b)}: "
+            f"{v} it (difference {d:+.3f}, largest seed spread {spread:.3f}).")
 
 # %% ../nbs/02_easy_vae_pca.ipynb #24f4f4f8
 def linear_probe(Z,  # latent points, (n, d)
@@ -1113,7 +1127,8 @@ def save_figure(fig: go.Figure,  # the figure
     return out + [image]
 
 # %% ../nbs/02_easy_vae_pca.ipynb #839b6395
-RUN_KEYS = ('task', 'representation', 'name', 'clusterer', 'seed')  # the first columns of every run row
+SUMMARY_KEYS = ('task', 'representation', 'name', 'clusterer')  # what a summary over seeds groups by
+RUN_KEYS = (*SUMMARY_KEYS, 'seed')  # the first columns of every run row
 TASK_DIRS = {'easy': 'easy_task', 'medium': 'medium_task', 'hard': 'hard_task'}  # task → its folder under the results root
 ASSIGNMENT_COLUMNS = ('id', 'representation', 'clusterer', 'seed', 'label')
 
@@ -1167,7 +1182,7 @@ def write_results(results,  # the results root, e.g. `out_dir`
     folder = Path(results)/TASK_DIRS[task]; (folder/'latents').mkdir(parents=True, exist_ok=True)
     out = [folder/f for f in ('runs.csv', 'summary.csv', 'assignments.csv')]
     runs.to_csv(out[0], index=False)
-    summarize_runs(runs, [k for k in RUN_KEYS if k != 'seed']).to_csv(out[1], index=False)
+    summarize_runs(runs, SUMMARY_KEYS).to_csv(out[1], index=False)
     assignments[list(ASSIGNMENT_COLUMNS)].to_csv(out[2], index=False)
     for rep, (ids, Z) in (latents or {}).items():
         out.append(folder/'latents'/f'{rep}.npz')

@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 from .core import VAE, TrainConfig, TrainJob, seeded, mlp, recon_error, poe, modality_mask, modality_weights, standardize
 from .core import train_parallel, embed, reconstruct, active_units, linear_probe, cluster_runs, summarize_runs, compare
-from .core import slug, write_results, TASK_DIRS, align_labels, latent_map, training_curves
+from .core import slug, write_results, TASK_DIRS, SUMMARY_KEYS, align_labels, latent_map, training_curves, verdict, mean_std
 
 # %% auto #0
 __all__ = ['LYRICS_FEATURES', 'MEDIUM_CLUSTERERS', 'ConvEncoder', 'ConvDecoder', 'ConvVAE', 'HybridVAE', 'balance_blocks',
@@ -274,7 +274,7 @@ def run_medium(data: dict,  # `medium_inputs`' model inputs
             r, a = cluster_runs(Z, y, ids, seed=seed, methods=methods, k=k, task='medium', name=name, probe_f1=probe)
             rows += r; assigned.append(a)
     runs = pd.DataFrame(rows)
-    return MediumRun(runs, pd.concat(assigned, ignore_index=True), summarize_runs(runs, ['task', 'representation', 'name', 'clusterer']),
+    return MediumRun(runs, pd.concat(assigned, ignore_index=True), summarize_runs(runs, SUMMARY_KEYS),
                      latents, models, histories, pd.DataFrame(diagnostics), np.asarray(ids), seeds)
 
 # %% ../nbs/03_medium_hybrid.ipynb #5a93e5b7
@@ -289,19 +289,10 @@ def medium_comparisons(summary: pd.DataFrame,  # `MediumRun.summary`
         f"{best['acc_mean'] - floor:+.3f} over the majority-class floor {floor:.3f}."]
 
 # %% ../nbs/03_medium_hybrid.ipynb #142c1352
-def _verdict(d, spread, up='better', down='worse'):
-    "'about the same' when |d| is within the spread, else `up` or `down` by its sign."
-    return 'about the same' if abs(d) <= spread else up if d > 0 else down
-
 def _span(s, fmt='{:.0f}'):
     "'lo–hi' of a series, or one value when both print alike."
     lo, hi = fmt.format(s.min()), fmt.format(s.max())
     return lo if lo == hi else f'{lo}–{hi}'
-
-def _mean_std(summary, name, metric, clusterer='kmeans'):
-    "Mean and seed spread (0 for one seed) of a metric of one representation (display name) and clusterer."
-    r = summary.set_index(['name', 'clusterer']).loc[(name, clusterer)]
-    return r[f'{metric}_mean'], 0. if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
 
 def medium_findings(run: MediumRun,  # from `run_medium`
                     data: dict,  # its inputs
@@ -316,7 +307,7 @@ def medium_findings(run: MediumRun,  # from `run_medium`
     dg = run.diagnostics.groupby('name', sort=False)
     r2, r2_sd, au, best_ep = dg['patch_r2'].mean(), dg['patch_r2'].std().fillna(0), dg['active_units'].mean(), dg['best_epoch'].mean()
     probe = s.drop_duplicates('name').set_index('name')['probe_f1_mean']
-    (conv_nmi, conv_sd), (pca_nmi, pca_sd), (hy, hy_sd), (pl, pl_sd) = (_mean_std(s, r, 'nmi') for r in (conv, pca, hyb, pml))
+    (conv_nmi, conv_sd), (pca_nmi, pca_sd), (hy, hy_sd), (pl, pl_sd) = (mean_std(s, r, 'nmi') for r in (conv, pca, hyb, pml))
     lines = [f"Data: {n} songs (minus the {config.val_frac:.0%} validation split) for ConvVAE {n_params[conv]:,} and HybridVAE "
              f"{n_params[hyb]:,} weights ({n_params[conv] / n:.0f} and {n_params[hyb] / n:.0f} per song).",
              f"Reconstruction: decoded from its posterior means, the ConvVAE explains R² = {r2[conv]:.2f} ± {r2_sd[conv]:.2f} of the "
@@ -324,22 +315,22 @@ def medium_findings(run: MediumRun,  # from `run_medium`
              f"Latent use: {au[conv]:.1f} (ConvVAE) and {au[hyb]:.1f} (HybridVAE) of {latent_dim} dimensions are active"
              + (" — no posterior collapse." if au.min() == latent_dim else " — the rest collapsed to the prior."),
              "Linear probe macro-F1 (supervised view): " + ', '.join(f"{r} {probe[r]:.3f}" for r in probe.index) + "."]
-    conv_v = _verdict(conv_nmi - pca_nmi, max(conv_sd, pca_sd))
+    conv_v = verdict(conv_nmi - pca_nmi, max(conv_sd, pca_sd))
     keeps = (f"keeps less of the patch than PCA (R² {r2[conv]:.2f} vs {evr:.2f})" if r2[conv] < evr else
              f"keeps at least as much of the patch as PCA (R² {r2[conv]:.2f} vs {evr:.2f})")
     if conv_v == 'better': why = f"its nonlinear codes group the moods better, {'although' if r2[conv] < evr else 'and'} it {keeps}"
     elif r2[conv] < evr: why = f"it {keeps}, whose components are already the best linear summary of the dominant spectral directions"
     else: why = f"it {keeps}, but the extra detail is not what separates the moods"
-    probe_v = _verdict(probe[conv] - probe[pca], 0.02, 'more', 'less')
+    probe_v = verdict(probe[conv] - probe[pca], 0.02, 'more', 'less')
     same = probe_v == 'about the same'
     lines.append(f"ConvVAE vs PCA on the same patches: K-Means NMI {conv_nmi:.3f} vs {pca_nmi:.3f} ({conv_v}): {why}. "
                  f"A linear classifier finds {'as much' if same else probe_v} mood information in its codes "
                  f"{'as' if same else 'than'} in PCA's (F1 {probe[conv]:.3f} vs {probe[pca]:.3f}; within ±0.02 counted as the same).")
     effect = {'helps': 'helps', 'hurts': 'hurts', 'about the same': 'changes little for'}
     than = {'better': 'better than', 'worse': 'worse than', 'about the same': 'about as well as'}
-    lines.append(f"Lyrics: adding them {effect[_verdict(pl - pca_nmi, max(pl_sd, pca_sd), 'helps', 'hurts')]} PCA (K-Means NMI "
-                 f"{pca_nmi:.3f} → {pl:.3f}) and {effect[_verdict(hy - conv_nmi, max(hy_sd, conv_sd), 'helps', 'hurts')]} the VAE "
-                 f"({conv_nmi:.3f} → {hy:.3f}); the hybrid VAE does {than[_verdict(hy - pl, max(hy_sd, pl_sd))]} PCA on the same two blocks. "
+    lines.append(f"Lyrics: adding them {effect[verdict(pl - pca_nmi, max(pl_sd, pca_sd), 'helps', 'hurts')]} PCA (K-Means NMI "
+                 f"{pca_nmi:.3f} → {pl:.3f}) and {effect[verdict(hy - conv_nmi, max(hy_sd, conv_sd), 'helps', 'hurts')]} the VAE "
+                 f"({conv_nmi:.3f} → {hy:.3f}); the hybrid VAE does {than[verdict(hy - pl, max(hy_sd, pl_sd))]} PCA on the same two blocks. "
                  f"{n_without} of {n} songs have no lyrics and are encoded from audio alone.")
     gap = dg['lyrics_gap'].mean()[hyb]
     lines.append(f"Generalisation: the HybridVAE's best validation epoch is {best_ep[hyb]:.0f} on average (ConvVAE {best_ep[conv]:.0f}, "

@@ -13,12 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
 from .data import PAPER_F1
 from .features import Study
 from .core import VAE, MLPVAE, ModelOutput, mlp, recon_error, poe, modality_mask, modality_weights, standardize
 from .core import TrainConfig, TrainJob, fit_model, train_parallel, embed, reconstruct, model_device
 from .core import cluster_runs, score_clustering, linear_probe, summarize_runs, compare, hungarian_accuracy
-from .core import confusion, latent_map, slug, write_results, TASK_DIRS
+from .core import confusion, latent_map, slug, write_results, TASK_DIRS, SUMMARY_KEYS
 
 # %% auto #0
 __all__ = ['LABEL_COLUMNS', 'OWN_PRIOR', 'AE', 'condition_labels', 'one_hot', 'CVAE', 'TriModalVAE', 'modality_data', 'hide',
@@ -287,7 +289,6 @@ def hard_baselines(X: np.ndarray,  # standardised features
                    seed: int = 0,  # PCA's random_state
                   ) -> dict:
     "The baselines' latent spaces: the standardised audio features themselves and their PCA."
-    from sklearn.decomposition import PCA
     return {'standardised audio features': X, 'PCA': PCA(latent_dim, random_state=seed).fit_transform(X)}
 
 # %% ../nbs/04_hard_variants.ipynb #0083a568
@@ -348,7 +349,7 @@ class HardResult:
 
     def summary(self) -> pd.DataFrame:
         "Mean ± std over seeds per representation and clusterer (`summarize_runs`, the study's grouping)."
-        return summarize_runs(self.runs, ['task', 'representation', 'name', 'clusterer'])
+        return summarize_runs(self.runs, SUMMARY_KEYS)
 
     def labels(self, name: str, clusterer: str = 'kmeans', seed: int = None) -> np.ndarray:
         "Predicted clusters of one run, in song order (seed: the first by default)."
@@ -371,7 +372,6 @@ def run_hard(inputs: HardInputs,  # from `hard_inputs`
              progress: bool = True,  # a bar over the seeds
             ) -> HardResult:
     "Train the jobs, embed every song, cluster every latent space, score every run and the tri-modal models' robustness."
-    from tqdm.auto import tqdm
     fitted = train_parallel(jobs, cache, n_jobs, threads)
     ids, y = inputs.ids, inputs.y
     runs, assigned, spaces, histories, rob = [], [], {}, {}, []
