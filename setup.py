@@ -25,8 +25,9 @@ setuptools.setup(
     classifiers=['Development Status :: 3 - Alpha', f"Intended Audience :: {cfg['audience']}",
                  'Natural Language :: English',
                  'Programming Language :: Python :: 3', 'Topic :: Multimedia :: Sound/Audio :: Analysis'],
-    packages=setuptools.find_packages(include=['mmvae', 'mmvae.*']),
+    packages=setuptools.find_packages(include=['mmvae', 'mmvae.*']) + ['mmvae.weights'],  # weights: data, no code
     include_package_data=True,
+    package_data={'mmvae.weights': ['*.npz', '*.json', '*.md']},  # musicnn's weights, provenance, licence
     python_requires=f">={cfg['min_python']}",
     install_requires=requirements,
     extras_require={'dev': dev_requirements},

@@ -4,10 +4,12 @@
 On the same clips, in one run:
   (a) seed-style pipeline: `librosa.load`, then separate mfcc / melspectrogram / chroma_stft / spectral_contrast /
       spectral_centroid / rms / beat_track calls (each recomputes its own STFT), one process;
-  (b) mmvae: the audio part of `build_features`, all cores, cold cache in a temporary folder
-      (and, for a same-core comparison, the same with one process);
+  (b) mmvae: the audio part of `build_features` (hand-made features and musicnn), all cores, cold cache in a temporary
+      folder (and, for a same-core comparison, the same with one process);
   (c) the floor: decode (the same decoder and resampler as mmvae) plus one STFT per clip, one process;
-The pipelines take turns on `--rounds` chunks of the clips (each chunk: c, a, b, b1), so that a change of load on a
+  (h) mmvae's hand-made audio features alone (`extract_audio`), one process;
+  (m) musicnn alone (`extract_musicnn`: decode at 16 kHz, log-mel, the CNN on every 3-s patch), one process, CPU;
+The pipelines take turns on `--rounds` chunks of the clips (each chunk: c, a, h, m, b, b1), so that a change of load on a
 shared machine hits them alike; (b) calls `build_features` once per chunk on the same cold store.
 Then a warm rerun of (b) (everything from the store) and a peak-memory run of (b) over `--memory-n` manifest rows.
 
@@ -24,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from mmvae.data import load_manifest, make_demo_dataset
-from mmvae.features import FeatureConfig, build_features, cpu_cores, decode_audio, extract_audio, magnitude_stft, process_pool
+from mmvae.features import (FeatureConfig, build_features, cpu_cores, decode_audio, extract_audio, extract_musicnn, magnitude_stft,
+                            process_pool)
 
 
 def seed_pipeline(path, sr=22050, duration=30.0):
@@ -104,24 +107,27 @@ def main(argv=None):
               f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
 
         # warm-up: librosa's numba code and lazy imports here, and the worker pool with its imports
-        seed_pipeline(paths[0]); extract_audio(paths[0], cfg); floor(paths[0], cfg)
+        seed_pipeline(paths[0]); extract_audio(paths[0], cfg); extract_musicnn(paths[0], cfg); floor(paths[0], cfg)
         build_features(clips.head(2 * jobs), cache_dir=tmp/'warmup', n_jobs=jobs, **audio_only)
 
         # the machine may be shared: the pipelines take turns on chunks of clips, so that changes of load hit them alike
         chunks = np.array_split(np.arange(n), max(1, min(args.rounds, n)))
-        t_floor = t_seed = t_mm = t_mm1 = 0.0
+        t_floor = t_seed = t_hand = t_cnn = t_mm = t_mm1 = 0.0
         peak_b = 0
         for idx in chunks:
             part = clips.iloc[idx]
             t_floor += timed(lambda: [floor(paths[i], cfg) for i in idx])[1]
             t_seed += timed(lambda: [seed_pipeline(paths[i]) for i in idx])[1]
+            t_hand += timed(lambda: [extract_audio(paths[i], cfg) for i in idx])[1]
+            t_cnn += timed(lambda: [extract_musicnn(paths[i], cfg) for i in idx])[1]
             with PeakRSS() as mem_b:
                 t_mm += timed(build_features, part, cache_dir=tmp/'cold', n_jobs=jobs, **audio_only)[1]
             peak_b = max(peak_b, mem_b.peak)
             if not args.no_serial:
                 t_mm1 += timed(build_features, part, cache_dir=tmp/'cold1', n_jobs=1, **audio_only)[1]
         rows = [('(c) floor: decode + 1 STFT', 1, t_floor), ('(a) seed-style librosa pipeline', 1, t_seed),
-                ('(b) mmvae build_features, cold cache', jobs, t_mm)]
+                ('(h) mmvae hand-made audio features alone', 1, t_hand), ('(m) musicnn alone (CPU)', 1, t_cnn),
+                ('(b) mmvae build_features (hand-made + musicnn), cold cache', jobs, t_mm)]
         if not args.no_serial: rows.append(('(b1) mmvae build_features, cold, 1 process', 1, t_mm1))
         warm, t_warm = timed(build_features, clips, cache_dir=tmp/'cold', n_jobs=jobs, **audio_only)
         assert warm.mask['audio'].all(), warm.skipped
@@ -131,7 +137,12 @@ def main(argv=None):
         table['clips/s'] = n / table['seconds']
         table['ms/clip (wall)'] = 1000 * table['seconds'] / n
         print(table.to_string(index=False, float_format=lambda v: f'{v:,.2f}'))
-        print(f"\nspeed-up of (b) over (a):            {t_seed / t_mm:5.1f}x   (goal >= 4x on 2 cores)")
+        print(f"\nspeed-up of (h) over (a), 1 process:  {t_seed / t_hand:5.1f}x   (the same features as (a), the same single process)")
+        print(f"(h) per clip / floor per clip:       {t_hand / t_floor:5.2f}x")
+        print(f"musicnn (m): {n / t_cnn:.2f} clips/s on 1 process; (m) per clip / floor per clip: {t_cnn / t_floor:.1f}x; "
+              f"musicnn / hand-made features: {t_cnn / t_hand:.1f}x; its share of (h) + (m): {t_cnn / (t_hand + t_cnn):.0%}")
+        print(f"(b) on {jobs} process(es) over (h) + (m) on 1: {(t_hand + t_cnn) / t_mm:5.2f}x   (parallel speed-up of the audio extraction)")
+        print(f"speed-up of (b) over (a):            {t_seed / t_mm:5.1f}x   ((b) computes musicnn as well)")
         if not args.no_serial:
             print(f"speed-up of (b1) over (a), 1 process: {t_seed / t_mm1:5.1f}x")
             print(f"(b1) per clip / floor per clip:       {t_mm1 / t_floor:5.2f}x   (same single process: the cost of all features over decode + STFT)")
@@ -141,6 +152,8 @@ def main(argv=None):
 
         result = dict(clips=n, jobs=jobs, cpus=os.cpu_count(), load_average=os.getloadavg()[0],
                       seconds=dict(zip(table['pipeline'], table['seconds'])), speedup_b_over_a=t_seed / t_mm,
+                      speedup_h_over_a=t_seed / t_hand, musicnn_clips_per_s=n / t_cnn, musicnn_over_floor=t_cnn / t_floor,
+                      musicnn_over_hand=t_cnn / t_hand, b_over_serial_h_plus_m=(t_hand + t_cnn) / t_mm,
                       b_wall_over_floor=t_mm / t_floor, warm_rerun_s=t_warm, peak_rss_b_mib=peak_b / 2**20, rounds=len(chunks))
         if not args.no_serial: result.update(speedup_b1_over_a=t_seed / t_mm1, b1_over_floor=t_mm1 / t_floor)
         if args.memory_n:
@@ -148,7 +161,7 @@ def main(argv=None):
             big['id'] = [f'{i:03d}' for i in range(1, len(big) + 1)]
             with PeakRSS() as mem:
                 fsb, t_big = timed(build_features, big, cache_dir=tmp/'memory', n_jobs=jobs, **audio_only)
-            nbytes = sum(getattr(fsb, k).nbytes for k in ('audio', 'mel', 'lyrics_lsa', 'lyrics_emb', 'midi'))
+            nbytes = sum(getattr(fsb, k).nbytes for k in ('audio', 'mel', 'musicnn', 'musicnn_tags', 'lyrics_lsa', 'lyrics_emb', 'midi'))
             print(f"\npeak-memory run: {len(big)} rows ({n} distinct clips reused; each row extracted anew), "
                   f"{t_big:.1f} s, {len(big) / t_big:.2f} clips/s")
             print(f"  peak RSS, process tree (sampled): {mem.peak / 2**20:,.0f} MiB   (goal < 2 GB); FeatureSet arrays {nbytes / 2**20:.1f} MiB")

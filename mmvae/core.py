@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
-import atexit, copy, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings
+import atexit, copy, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings, zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,18 +18,23 @@ from sklearn.base import BaseEstimator, TransformerMixin
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
+from .data import mood_name
 
 # %% auto #0
-__all__ = ['CLUSTERERS', 'METRICS', 'PALETTE', 'SUMMARY_KEYS', 'RUN_KEYS', 'TASK_DIRS', 'ASSIGNMENT_COLUMNS', 'get_device',
+__all__ = ['CLUSTERERS', 'CHANCE_METRICS', 'METRICS', 'NULL_COLUMNS', 'PALETTE', 'SUMMARY_KEYS', 'RUN_KEYS', 'TASK_DIRS',
+           'ASSIGNMENT_COLUMNS', 'COMPARED_METRICS', 'COMPARISON_COLUMNS', 'EASY_INPUTS', 'get_device',
            'seed_everything', 'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput',
            'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE',
            'MLPVAE', 'TrainConfig', 'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache',
            'as_cache', 'embed', 'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units',
            'standardize', 'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate',
-           'align_labels', 'evaluate', 'summarize_runs', 'format_pm', 'verdict', 'mean_std', 'compare', 'linear_probe',
-           'setup_plotly', 'project_2d', 'latent_map', 'song_hover', 'training_curves', 'metric_bars', 'confusion',
-           'save_figure', 'score_clustering', 'cluster_runs', 'write_results', 'read_runs', 'read_assignments',
-           'latent_files', 'read_latent']
+           'align_labels', 'resampled_tables', 'permuted_tables', 'nmi_of_tables', 'ami_of_tables', 'ari_of_tables',
+           'acc_of_tables', 'purity_of_tables', 'score_tables', 'chance_levels', 'evaluate', 'summarize_runs',
+           'chance_cell', 'format_pm', 'verdict', 'mean_std', 'compare', 'linear_probe', 'setup_plotly', 'fit_column',
+           'project_2d', 'latent_map', 'song_hover', 'training_curves', 'metric_bars', 'confusion', 'save_figure',
+           'score_clustering', 'cluster_runs', 'check_baselines', 'write_results', 'read_runs', 'read_assignments',
+           'latent_files', 'read_latent', 'holm', 'baseline_pairs', 'resamples_for', 'compare_to_baselines',
+           'comparison_sentences', 'easy_representations', 'EasyRun', 'run_easy']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
@@ -675,28 +680,178 @@ def align_labels(y_true, y_pred) -> np.ndarray:
     out[keep] = [names[k] for k in y_pred[keep].tolist()]
     return out
 
+# %% ../nbs/02_easy_vae_pca.ipynb #48c5c3da
+def _codes(y, labels):
+    "Integer codes of the classes and of the clusters, and the sorted cluster values."
+    _, yi = np.unique(np.asarray(y), return_inverse=True)
+    clusters, li = np.unique(np.asarray(labels), return_inverse=True)
+    return yi.ravel(), li.ravel(), clusters
+
+def _tables(yi, li, ky: int, kl: int) -> np.ndarray:
+    "One contingency table (classes × clusters) per row of the code arrays `yi`, `li` (r, n), filled by one `bincount`."
+    r = len(li)
+    cells = np.arange(r)[:, None] * (ky * kl) + yi * kl + li
+    return np.bincount(cells.ravel(), minlength=r * ky * kl).reshape(r, ky, kl)
+
+def resampled_tables(y,  # true classes, (n,)
+                     labels,  # predicted clusters, (n,) (noise -1 is a column of its own)
+                     idx,  # song indices, (resamples, m): one resample per row
+                    ) -> np.ndarray:
+    "Contingency tables (resamples, classes, clusters) of `y` against `labels` on each row of `idx`; columns are the sorted cluster values."
+    yi, li, clusters = _codes(y, labels)
+    idx = np.asarray(idx)
+    return _tables(yi[idx], li[idx], yi.max() + 1, len(clusters))
+
+def permuted_tables(y,  # true classes, (n,)
+                    labels,  # predicted clusters, (n,)
+                    n: int,  # number of permutations
+                    seed: int = 0,  # seeds the permutations
+                   ) -> np.ndarray:
+    "Contingency tables of `y` against `n` random permutations of `labels` over the songs: random partitions with the same cluster sizes."
+    yi, li, clusters = _codes(y, labels)
+    perm = np.random.default_rng(seed).permuted(np.tile(li, (n, 1)), axis=1)
+    return _tables(np.broadcast_to(yi, perm.shape), perm, yi.max() + 1, len(clusters))
+
+# %% ../nbs/02_easy_vae_pca.ipynb #f84b3cf0
+def _xlogx(p): return np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.)
+
+def _information(t):
+    "Mutual information and the two entropies (nats) of each table of `t` (tables, classes, clusters)."
+    p = t / t.sum((1, 2), keepdims=True)
+    pa, pb = p.sum(2), p.sum(1)
+    ha, hb = -_xlogx(pa).sum(1), -_xlogx(pb).sum(1)
+    return _xlogx(p).sum((1, 2)) + ha + hb, ha, hb
+
+def nmi_of_tables(t) -> np.ndarray:
+    "NMI of each table, arithmetic-mean normalisation (scikit-learn's default); 1 when neither side is split."
+    mi, ha, hb = _information(t)
+    h = (ha + hb) / 2
+    return np.where(h > 0, mi / np.where(h > 0, h, 1), 1.)
+
+def _cell_emi(a, b, n, chunk: int = 4_000_000) -> np.ndarray:
+    "Expected share of mutual information of one cell, Σₖ P(n_ij = k) k/n log(n k / (a b)), hypergeometric P, for 1-D arrays of row sums `a`, column sums `b`, totals `n`."
+    from scipy.special import gammaln
+    out = np.zeros(len(a))
+    top = int(np.minimum(a, b).max()) if len(a) else 0
+    if top < 1: return out
+    k = np.arange(1, top + 1, dtype=float)[None]  # k = 0 adds nothing
+    step = max(1, chunk // top)
+    for s in range(0, len(a), step):
+        A, B, N = (v[s:s + step, None].astype(float) for v in (a, b, n))
+        ok = (k <= np.minimum(A, B)) & (k >= A + B - N)
+        K = np.where(ok, k, 1.)
+        logp = (gammaln(A + 1) + gammaln(B + 1) + gammaln(N - A + 1) + gammaln(N - B + 1) - gammaln(N + 1) - gammaln(K + 1)
+                - gammaln(np.where(ok, A - K, 0) + 1) - gammaln(np.where(ok, B - K, 0) + 1) - gammaln(np.where(ok, N - A - B + K, 0) + 1))
+        term = K / N * (np.log(N * K) - np.log(np.maximum(A * B, 1))) * np.exp(np.where(ok, logp, -np.inf))
+        out[s:s + step] = np.where(ok, term, 0.).sum(1)
+    return out
+
+def _expected_mi(a, b, n) -> np.ndarray:
+    "Expected mutual information of random partitions with row sums `a` (T, R), column sums `b` (T, C) and totals `n` (T,); each cell size is computed once."
+    A, B = np.broadcast_arrays(a[:, :, None], b[:, None, :])
+    out = np.zeros(len(n))
+    for total in np.unique(n):  # one total in practice: every resample or permutation has all the songs
+        rows, size = n == total, int(total) + 1
+        key = A[rows].astype(np.int64) * size + B[rows]  # cell sizes (a, b) as one index of a dense grid: no sort
+        present = np.zeros(size * size, bool); present[key.ravel()] = True
+        cells = np.flatnonzero(present)
+        value = np.zeros(size * size); value[cells] = _cell_emi(cells // size, cells % size, np.full(len(cells), total))
+        out[rows] = value[key].sum((1, 2))
+    return out
+
+def ami_of_tables(t) -> np.ndarray:
+    "Adjusted mutual information of each table (arithmetic normalisation, as scikit-learn's `adjusted_mutual_info_score`)."
+    mi, ha, hb = _information(t)
+    a, b, n = t.sum(2), t.sum(1), t.sum((1, 2))
+    emi = _expected_mi(a, b, n)
+    den = (ha + hb) / 2 - emi
+    den = np.where(den < 0, np.minimum(den, -np.finfo(float).eps), np.maximum(den, np.finfo(float).eps))
+    unsplit = ((a > 0).sum(1) == 1) & ((b > 0).sum(1) == 1)
+    return np.where(unsplit, 1., (mi - emi) / den)
+
+def ari_of_tables(t) -> np.ndarray:
+    "Adjusted Rand index of each table; 1 when both sides agree trivially (one group each, or singletons)."
+    pairs = lambda x: x * (x - 1) / 2
+    t = t.astype(float)
+    index, a, b = pairs(t).sum((1, 2)), pairs(t.sum(2)).sum(1), pairs(t.sum(1)).sum(1)
+    expected = a * b / pairs(t.sum((1, 2)))
+    den = (a + b) / 2 - expected
+    return np.where(den != 0, (index - expected) / np.where(den != 0, den, 1), 1.)
+
+def _injections(k: int, into: int):
+    "Every one-to-one map of `k` items into `into` slots, as rows of slot indices (`None` when there are more than 5040)."
+    from itertools import permutations
+    from math import perm
+    return np.array(list(permutations(range(into), k)), dtype=np.intp).reshape(-1, k) if perm(into, k) <= 5040 else None
+
+def acc_of_tables(t, clusters, chunk: int = 2_000_000) -> np.ndarray:
+    "Hungarian accuracy of each table (columns: the sorted cluster values `clusters`; a noise column -1 never counts)."
+    keep = np.asarray(clusters) != -1
+    if not keep.any(): return np.full(len(t), np.nan)
+    c = t[:, :, keep]
+    if c.shape[2] > c.shape[1]: c = c.transpose(0, 2, 1)  # match the smaller side into the larger
+    maps = _injections(c.shape[2], c.shape[1])
+    if maps is None:  # large tables: the Hungarian algorithm, one table at a time
+        matched = [x[r, k].sum() for x in c for r, k in [linear_sum_assignment(x, maximize=True)]]
+    else:  # small tables: the best of every one-to-one map, all tables at once
+        step, cols = max(1, chunk // maps.size), np.arange(c.shape[2])
+        matched = np.concatenate([c[s:s + step][:, maps, cols].sum(2).max(1) for s in range(0, len(c), step)])
+    return np.asarray(matched, dtype=float) / t.sum((1, 2))
+
+def purity_of_tables(t, clusters) -> np.ndarray:
+    "Purity of each table (a noise column -1 never counts)."
+    keep = np.asarray(clusters) != -1
+    if not keep.any(): return np.full(len(t), np.nan)
+    return t[:, :, keep].max(1).sum(1) / t.sum((1, 2))
+
+CHANCE_METRICS = ('acc', 'nmi', 'ami', 'ari', 'purity')  # the external metrics with a chance level
+
+def score_tables(t,  # contingency tables (tables, classes, clusters)
+                 clusters,  # the sorted cluster values of the columns (noise -1 included if present)
+                 metrics=CHANCE_METRICS,  # which metrics
+                ) -> dict:
+    "Each metric of each table: metric → array (tables,)."
+    f = dict(acc=lambda: acc_of_tables(t, clusters), purity=lambda: purity_of_tables(t, clusters),
+             nmi=lambda: nmi_of_tables(t), ami=lambda: ami_of_tables(t), ari=lambda: ari_of_tables(t))
+    return {m: f[m]() for m in metrics}
+
+# %% ../nbs/02_easy_vae_pca.ipynb #3cbc250d
+def chance_levels(y_true,  # true classes (the mood clusters)
+                  labels,  # predicted clusters (noise -1 counts as a cluster of its own size)
+                  n: int = 1000,  # random partitions drawn
+                  seed: int = 0,  # seeds the draws
+                 ) -> dict:
+    "Null mean and 95th percentile of each of CHANCE_METRICS over random partitions with the cluster sizes of `labels`: `<m>_null`, `<m>_null95`."
+    labels = np.asarray(labels)
+    if n < 1 or not len(labels) or (labels == -1).all(): return {f'{m}_{s}': np.nan for m in CHANCE_METRICS for s in ('null', 'null95')}
+    s = score_tables(permuted_tables(y_true, labels, n, seed), np.unique(labels))
+    return {k: round(float(v), 12) for m in CHANCE_METRICS  # rounded: renaming the clusters changes only the last bits
+            for k, v in ((f'{m}_null', s[m].mean()), (f'{m}_null95', np.quantile(s[m], .95)))}
+
 # %% ../nbs/02_easy_vae_pca.ipynb #3c449d68
-METRICS = ('silhouette', 'calinski_harabasz', 'davies_bouldin', 'ari', 'nmi', 'purity', 'acc')
+METRICS = ('silhouette', 'calinski_harabasz', 'davies_bouldin', 'ari', 'nmi', 'ami', 'purity', 'acc')
+NULL_COLUMNS = tuple(f'{m}_{s}' for m in CHANCE_METRICS for s in ('null', 'null95'))  # the chance levels of every run row
 
 def evaluate(Z,  # the points that were clustered, (n, d)
              labels,  # predicted clusters, noise = -1
              y_true,  # true classes (the mood clusters)
+             chance_draws: int = 1000,  # random partitions for the chance levels (`chance_levels`); 0 → none (NaN)
             ) -> dict:
-    "Every metric of one clustering: internal, external, the majority floor, n_clusters, noise_frac and a note."
+    "Every metric of one clustering: internal, external, their chance levels (NULL_COLUMNS), the majority rate, n_clusters, noise_frac and a note."
     from sklearn import metrics as skm
     Z, labels, y_true = np.asarray(Z, dtype=np.float64), np.asarray(labels), np.asarray(y_true)
     if not len(Z) == len(labels) == len(y_true):
         raise ValueError(f"Z, labels and y_true differ in length: {len(Z)}, {len(labels)}, {len(y_true)}")
     noise = labels == -1
     n_clusters = len(set(labels[~noise].tolist()))
-    row = dict.fromkeys(METRICS, np.nan) | dict(majority=majority_rate(y_true), n_clusters=n_clusters,
-                                                 noise_frac=float(noise.mean()), n=len(labels))
+    row = dict.fromkeys(METRICS, np.nan) | chance_levels(y_true, labels, chance_draws) | dict(
+        majority=majority_rate(y_true), n_clusters=n_clusters, noise_frac=float(noise.mean()), n=len(labels))
     notes = []
     if n_clusters == 0: notes.append('every point is noise: no metric is defined')
     else:
         row |= dict(ari=skm.adjusted_rand_score(y_true, labels), nmi=skm.normalized_mutual_info_score(y_true, labels),
-                    acc=hungarian_accuracy(y_true, labels), purity=purity(y_true, labels))
-        if noise.any(): notes.append(f'internal metrics on the {int((~noise).sum())} non-noise points; noise counts as wrong for acc and purity and as one group for ari and nmi')
+                    ami=skm.adjusted_mutual_info_score(y_true, labels), acc=hungarian_accuracy(y_true, labels), purity=purity(y_true, labels))
+        if noise.any(): notes.append(f'internal metrics on the {int((~noise).sum())} non-noise points; noise counts as wrong for acc and purity and as one group for ari, nmi and ami')
         Zc, lc = Z[~noise], labels[~noise]
         if n_clusters < 2: notes.append('one cluster: silhouette, Calinski-Harabasz and Davies-Bouldin are undefined')
         elif n_clusters >= len(Zc): notes.append('every point its own cluster: internal metrics are undefined')
@@ -709,11 +864,11 @@ def evaluate(Z,  # the points that were clustered, (n, d)
 # %% ../nbs/02_easy_vae_pca.ipynb #8b411f96
 def summarize_runs(df: pd.DataFrame,  # tidy per-run rows
                    by,  # grouping column(s), e.g. ['representation', 'clusterer']
-                   metrics=None,  # columns to aggregate; None → the metrics of `evaluate` present in df
+                   metrics=None,  # columns to aggregate; None → the metrics of `evaluate` present in df, with their chance levels
                   ) -> pd.DataFrame:
     "Mean and standard deviation (`<m>_mean`, `<m>_std`) of each metric per group, with n_runs and n_undefined."
     by = [by] if isinstance(by, str) else list(by)
-    metrics = list(metrics) if metrics is not None else [m for m in (*METRICS, 'majority', 'n_clusters', 'noise_frac', 'probe_f1') if m in df]
+    metrics = list(metrics) if metrics is not None else [m for m in (*METRICS, *NULL_COLUMNS, 'majority', 'n_clusters', 'noise_frac', 'probe_f1') if m in df]
     g = df.groupby(by, sort=False)
     out = pd.concat({f'{m}_{s}': g[m].agg(s) for m in metrics for s in ('mean', 'std')}, axis=1)
     out['n_runs'] = g.size()
@@ -721,14 +876,24 @@ def summarize_runs(df: pd.DataFrame,  # tidy per-run rows
     return out.reset_index()
 
 # %% ../nbs/02_easy_vae_pca.ipynb #694a7058
+def chance_cell(null: float, null95: float, digits: int = 3) -> str:
+    "'mean (95th pct)' of a chance level; 'n/a' where undefined."
+    return 'n/a' if pd.isna(null) else f'{null:.{digits}f} (95th {null95:.{digits}f})'
+
 def format_pm(summary: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, `<metric>_std`
               metrics,  # metric names, e.g. ['acc', 'nmi']
               index=('representation', 'clusterer'),  # columns kept as the index (those present)
               digits: int = 3,  # decimals
+              chance: bool = False,  # after each metric with a chance level, a column '<metric> chance': null mean (95th percentile), averaged over seeds
              ) -> pd.DataFrame:
-    "A display table: 'mean ± std' per metric ('mean' alone for one run, 'n/a' where undefined)."
+    "A display table: 'mean ± std' per metric ('mean' alone for one run, 'n/a' where undefined), optionally with its chance level."
     cell = lambda m, s: 'n/a' if pd.isna(m) else f'{m:.{digits}f}' if pd.isna(s) else f'{m:.{digits}f} ± {s:.{digits}f}'
-    out = pd.DataFrame({m: [cell(a, b) for a, b in zip(summary[f'{m}_mean'], summary[f'{m}_std'])] for m in metrics})
+    cols = {}
+    for m in metrics:
+        cols[m] = [cell(a, b) for a, b in zip(summary[f'{m}_mean'], summary[f'{m}_std'])]
+        if chance and f'{m}_null_mean' in summary:
+            cols[f'{m} chance'] = [chance_cell(a, b, digits) for a, b in zip(summary[f'{m}_null_mean'], summary[f'{m}_null95_mean'])]
+    out = pd.DataFrame(cols)
     keep = [c for c in index if c in summary]
     return out.set_index(pd.MultiIndex.from_frame(summary[keep]) if len(keep) > 1 else pd.Index(summary[keep[0]])) if keep else out
 
@@ -794,6 +959,14 @@ def setup_plotly(renderer: str = 'notebook',  # a plotly renderer that draws in 
     pio.renderers.default, pio.templates.default = renderer, template
     return renderer
 
+# %% ../nbs/02_easy_vae_pca.ipynb #5f9f97b4
+def fit_column(fig: go.Figure,  # a figure
+               png_width: int,  # its width in a static PNG, in pixels
+              ) -> go.Figure:
+    "Let the figure take the width of the page or notebook column (no fixed width) and keep `png_width` for `save_figure`."
+    meta = dict(fig.layout.meta) if isinstance(fig.layout.meta, dict) else {}
+    return fig.update_layout(width=None, autosize=True, meta=meta | {'png_width': png_width})
+
 # %% ../nbs/02_easy_vae_pca.ipynb #f37b3896
 PALETTE = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#bcbd22', '#17becf', '#7f7f7f')
 
@@ -838,7 +1011,7 @@ def _project(Z, method, random_state):
     raise ValueError(f"unknown projection {method!r}; choose 'tsne', 'umap' or 'pca'")
 
 def _category_name(v, prefix):
-    return 'noise' if str(v) == '-1' else f'{prefix} {v}'
+    return 'noise' if str(v) == '-1' else mood_name(v) if prefix == 'mood' else f'{prefix} {v}'
 
 # %% ../nbs/02_easy_vae_pca.ipynb #6ec55a0d
 def latent_map(Z,  # latent points, (n, d)
@@ -873,8 +1046,8 @@ def latent_map(Z,  # latent points, (n, d)
                                        marker=dict(size=5, color='lightgrey'), hovertext=None if hover is None else np.asarray(hover)[sel]), 1, j)
     fig.update_xaxes(showticklabels=False, title_text=f'{method} 1' if Z.shape[1] > 2 else 'z0')
     fig.update_yaxes(showticklabels=False, title_text=f'{method} 2' if Z.shape[1] > 2 else 'z1')
-    fig.update_layout(title=title, width=420 * len(colorings) + 160, height=460, legend=dict(groupclick='toggleitem'))
-    return fig
+    fig.update_layout(title=title, height=500, legend=dict(groupclick='toggleitem', orientation='h', yanchor='top', y=-0.08, x=0))
+    return fit_column(fig, 420 * len(colorings) + 160)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #831a7373
 def song_hover(manifest: pd.DataFrame,  # with id and, where the info CSV gives them, title and artist
@@ -909,9 +1082,8 @@ def training_curves(history,  # a `train_model` history, or a dict {run name: hi
                                          marker=dict(symbol='star', size=11, color=col), name=f'{name} best epoch'.strip(),
                                          showlegend=j == 1), 1, j)
     fig.update_xaxes(title_text='epoch')
-    fig.update_layout(title=title, width=max(500, 330 * len(terms) + 100), height=430,
-                      legend=dict(orientation='h', yanchor='top', y=-0.2, xanchor='left', x=0))
-    return fig
+    fig.update_layout(title=title, height=430, legend=dict(orientation='h', yanchor='top', y=-0.2, xanchor='left', x=0))
+    return fit_column(fig, max(500, 330 * len(terms) + 100))
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8c72130d
 def metric_bars(summary_table: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, `<metric>_std`
@@ -919,7 +1091,7 @@ def metric_bars(summary_table: pd.DataFrame,  # from `summarize_runs`: `<metric>
                 by,  # column for the x axis, or [x column, colour column]
                 title: str = '',  # figure title (default: the metric)
                ) -> go.Figure:
-    "Bars of a metric's mean with ± std error bars ('undefined' where NaN); the majority-class floor as a dashed line for acc and purity."
+    "Bars of a metric's mean with ± std error bars ('undefined' where NaN); its chance level (the largest 95th percentile of the bars' random partitions) as a dashed line."
     by = [by] if isinstance(by, str) else list(by)
     x, c = by[0], (by[1] if len(by) > 1 else None)
     groups = [(None, summary_table)] if c is None else list(summary_table.groupby(c, sort=False))
@@ -930,12 +1102,12 @@ def metric_bars(summary_table: pd.DataFrame,  # from `summarize_runs`: `<metric>
                              text=np.where(undefined, 'undefined', ''), textposition='outside',
                              error_y=dict(type='data', array=t.get(f'{metric}_std'), visible=True),
                              marker_color=PALETTE[i % len(PALETTE)]))
-    if metric in ('acc', 'purity') and 'majority_mean' in summary_table:
-        fig.add_hline(y=float(summary_table['majority_mean'].max()), line_dash='dash', line_color='black',
-                      annotation_text='majority-class floor', annotation_position='top left')
-    fig.update_layout(title=title or metric, barmode='group', yaxis_title=metric, xaxis_title=x, legend_title=c,
-                      width=max(450, 90 * len(summary_table) + 250), height=400)
-    return fig
+    if f'{metric}_null95_mean' in summary_table and summary_table[f'{metric}_null95_mean'].notna().any():
+        fig.add_hline(y=float(summary_table[f'{metric}_null95_mean'].max()), line_dash='dash', line_color='black',
+                      annotation_text='chance: 95th percentile of random partitions of the same sizes', annotation_position='top left')
+    fig.update_layout(title=title or metric, barmode='group', yaxis_title=metric, xaxis_title=x, legend_title=c, height=400,
+                      legend=dict(orientation='h', yanchor='top', y=-0.25, x=0))
+    return fit_column(fig, max(450, 90 * len(summary_table) + 250))
 
 # %% ../nbs/02_easy_vae_pca.ipynb #dca63383
 def confusion(y_true,  # true classes (moods)
@@ -951,12 +1123,12 @@ def confusion(y_true,  # true classes (moods)
     cols = [f'cluster {clusters[i]}' for i in order]
     if (y_pred == -1).any():
         M = np.column_stack([M, [np.sum((y_pred == -1) & (y_true == k)) for k in classes]]); cols.append('noise')
-    rows = [f'mood {k}' for k in classes]
+    rows = [mood_name(k) for k in classes]
     fig = go.Figure(go.Heatmap(z=M, x=cols, y=rows, colorscale='Blues', text=M, texttemplate='%{text}',
                                hovertemplate='%{y}, %{x}: %{z}<extra></extra>'))
-    fig.update_layout(title=title or f'ACC {hungarian_accuracy(y_true, y_pred):.3f}', width=120 + 70 * len(cols), height=150 + 50 * len(rows),
+    fig.update_layout(title=title or f'ACC {hungarian_accuracy(y_true, y_pred):.3f}', height=150 + 50 * len(rows),
                       xaxis_title='predicted', yaxis=dict(title='true', autorange='reversed'))
-    return fig
+    return fit_column(fig, 120 + 70 * len(cols))
 
 # %% ../nbs/02_easy_vae_pca.ipynb #2fe11831
 _PNG = {'ok': None,  # None: untried; True: PNGs render; False: PNG export failed (warned once; HTML only from then on)
@@ -1094,9 +1266,9 @@ def _close_renderer():
     if (r := _PNG['renderer']) is not None and r.owner == os.getpid(): r.close()
 
 def _image_opts(fig, scale):
-    "What plotly's `write_image` passes kaleido: the layout's size (else the template's, else plotly's default) and the scale."
+    "What plotly's `write_image` passes kaleido: the layout's size (else the PNG width `fit_column` kept, else the template's, else plotly's default) and the scale."
     lay, d = fig.layout, pio.defaults
-    return dict(format='png', scale=scale, width=lay.width or lay.template.layout.width or d.default_width,
+    return dict(format='png', scale=scale, width=lay.width or (lay.meta or {}).get('png_width') or lay.template.layout.width or d.default_width,
                 height=lay.height or lay.template.layout.height or d.default_height)
 
 def save_figure(fig: go.Figure,  # the figure
@@ -1138,11 +1310,13 @@ def score_clustering(Z,  # the latent points that were clustered, (n, d)
                      ids,  # song ids, one per row of Z
                      *, task: str, name: str,  # the task and the representation's display name
                      clusterer: str, seed: int,  # what clustered, with which seed
+                     baseline: str = '',  # id (or display name) of PCA on the same inputs; '' for a baseline itself
                      **extra,  # more columns, e.g. probe_f1=..., eps=...
                     ) -> tuple[dict, pd.DataFrame]:
-    "One run row (RUN_KEYS, dim, the metrics of `evaluate`, extras) and its predicted clusters (ASSIGNMENT_COLUMNS)."
+    "One run row (RUN_KEYS, baseline, dim, the metrics of `evaluate`, extras) and its predicted clusters (ASSIGNMENT_COLUMNS)."
     labels = np.asarray(labels, dtype=int)
-    row = dict(task=task, representation=slug(name), name=name, clusterer=clusterer, seed=seed, dim=int(np.asarray(Z).shape[1]))
+    row = dict(task=task, representation=slug(name), name=name, clusterer=clusterer, seed=seed,
+               baseline=slug(baseline) if baseline else '', dim=int(np.asarray(Z).shape[1]))
     assigned = pd.DataFrame(dict(id=np.asarray(ids, dtype=str), representation=row['representation'], clusterer=clusterer, seed=seed, label=labels))
     return row | evaluate(Z, labels, y_true) | extra, assigned
 
@@ -1153,17 +1327,34 @@ def cluster_runs(Z,  # latent points, (n, d)
                  methods=CLUSTERERS,  # clusterers to run
                  k: int = 5,  # clusters asked for (all but DBSCAN)
                  *, task: str, name: str,  # the task and the representation's display name
+                 baseline: str = '',  # id (or display name) of PCA on the same inputs; '' for a baseline itself
                  **extra,  # more columns for every row, e.g. probe_f1=...
                 ) -> tuple[list[dict], pd.DataFrame]:
     "Cluster Z with each method: the run rows (`score_clustering`) and the long table of predicted clusters."
     rows, assigned = [], []
     for m in methods:
         labels, info = cluster(Z, m, k=k, random_state=seed)
-        row, a = score_clustering(Z, labels, y_true, ids, task=task, name=name, clusterer=m, seed=seed, eps=info.get('eps', np.nan), **extra)
+        row, a = score_clustering(Z, labels, y_true, ids, task=task, name=name, clusterer=m, seed=seed, baseline=baseline,
+                                  eps=info.get('eps', np.nan), **extra)
         rows.append(row); assigned.append(a)
     return rows, pd.concat(assigned, ignore_index=True)
 
 # %% ../nbs/02_easy_vae_pca.ipynb #4da19b3d
+def check_baselines(runs: pd.DataFrame,  # one task's run rows, with representation and baseline
+                    task: str,  # the task, for the messages
+                   ) -> pd.DataFrame:
+    "The rows with a `baseline` column ('' where absent); `ValueError` unless each non-empty baseline is another representation of the task, itself without one."
+    runs = runs.assign(baseline=runs['baseline'].fillna('').astype(str) if 'baseline' in runs else '')
+    if (several := runs.groupby('representation')['baseline'].nunique()).gt(1).any():
+        raise ValueError(f"one representation, several baselines: {', '.join(several[several > 1].index)}")
+    reps, has = set(runs['representation']), dict(zip(runs['representation'], runs['baseline']))
+    for rep, base in has.items():
+        if not base: continue
+        if base == rep: raise ValueError(f"{rep!r} is its own baseline: a baseline's rows have baseline ''")
+        if base not in reps: raise ValueError(f"unknown baseline {base!r} of {rep!r}: not a representation of the {task} task ({', '.join(sorted(reps))})")
+        if has[base]: raise ValueError(f"the baseline {base!r} of {rep!r} has a baseline itself ({has[base]!r}): a baseline's rows have baseline ''")
+    return runs
+
 def write_results(results,  # the results root, e.g. `out_dir`
                   task: str,  # a key of TASK_DIRS
                   runs,  # run rows (dicts or a DataFrame) starting with RUN_KEYS
@@ -1177,6 +1368,7 @@ def write_results(results,  # the results root, e.g. `out_dir`
     if (bad := set(runs['task']) - {task}): raise ValueError(f"rows of task {sorted(bad)} among the {task!r} results")
     if (names := runs.groupby('representation')['name'].nunique()).gt(1).any():
         raise ValueError(f"one representation id, several names: {', '.join(names[names > 1].index)}")
+    runs = check_baselines(runs, task)
     for rep in latents or {}:
         if rep != slug(rep): raise ValueError(f"latents are keyed by representation id: {rep!r} is not one (slug gives {slug(rep)!r})")
     folder = Path(results)/TASK_DIRS[task]; (folder/'latents').mkdir(parents=True, exist_ok=True)
@@ -1190,14 +1382,15 @@ def write_results(results,  # the results root, e.g. `out_dir`
     return out
 
 def read_runs(results) -> pd.DataFrame:
-    "Every task's run rows in one table (a task without results is said and left out)."
+    "Every task's run rows in one table (a task without results is said and left out; `baseline` is '' where none)."
     frames = []
     for task, sub in TASK_DIRS.items():
         path = Path(results)/sub/'runs.csv'
-        if path.is_file(): frames.append(pd.read_csv(path, dtype={'representation': str, 'name': str, 'note': str}))
+        if path.is_file(): frames.append(pd.read_csv(path, dtype={'representation': str, 'name': str, 'note': str, 'baseline': str}))
         else: print(f"no results for the {task} task: {path} not found")
     if not frames: raise FileNotFoundError(f"no task results under {results}: run the task notebooks 02-04 first")
-    return pd.concat(frames, ignore_index=True)
+    runs = pd.concat(frames, ignore_index=True)
+    return runs.assign(baseline=runs['baseline'].fillna('') if 'baseline' in runs else '')
 
 def read_assignments(results) -> pd.DataFrame:
     "Every task's predicted clusters (ASSIGNMENT_COLUMNS and task; ids as strings)."
@@ -1212,3 +1405,160 @@ def latent_files(results) -> dict:
 def read_latent(path) -> tuple[np.ndarray, np.ndarray]:
     "The song ids and latent points of a saved latent space."
     with np.load(path, allow_pickle=False) as f: return f['ids'].astype(str), f['z']
+
+# %% ../nbs/02_easy_vae_pca.ipynb #f53b8f90
+COMPARED_METRICS = ('nmi', 'ami', 'acc')  # what every representation is compared with its baseline on
+COMPARISON_COLUMNS = ('task', 'representation', 'name', 'baseline', 'baseline_name', 'clusterer', 'metric', 'seeds', 'songs', 'n_boot',
+                      'value', 'baseline_value', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm', 'significant')
+
+def holm(p) -> np.ndarray:
+    "Holm's step-down adjusted p-values of a family (NaN entries stay NaN and are not counted in it)."
+    p = np.asarray(p, dtype=float)
+    out, ok = np.full(p.shape, np.nan), ~np.isnan(p)
+    q = p[ok]; order = np.argsort(q, kind='stable')
+    adjusted = np.empty(len(q))
+    adjusted[order] = np.minimum(1., np.maximum.accumulate((len(q) - np.arange(len(q))) * q[order]))
+    out[ok] = adjusted
+    return out
+
+def baseline_pairs(runs: pd.DataFrame,  # run rows with task, representation, baseline, clusterer
+                  ) -> pd.DataFrame:
+    "The comparisons the rows ask for: task, representation, baseline, clusterer, one row each (a non-empty baseline that has runs of that clusterer; VaDE's own mixture, say, has no PCA counterpart)."
+    cols = ['task', 'representation', 'baseline', 'clusterer']
+    if 'baseline' not in runs: return pd.DataFrame(columns=cols)
+    pairs = runs.loc[runs['baseline'].fillna('') != '', cols].drop_duplicates()
+    have = set(zip(runs['task'], runs['representation'], runs['clusterer']))
+    return pairs[[(t, b, c) in have for t, b, c in zip(pairs['task'], pairs['baseline'], pairs['clusterer'])]].reset_index(drop=True)
+
+def resamples_for(family: int,  # number of tests in the family
+                  alpha: float = 0.05,  # family-wise error rate
+                 ) -> int:
+    "The fewest bootstrap resamples B whose smallest two-sided p-value, 2/(B+1), reaches Holm's strictest threshold alpha/family."
+    return max(1, int(np.ceil(2 * family / alpha)) - 1)
+
+# %% ../nbs/02_easy_vae_pca.ipynb #2e1fe31c
+def compare_to_baselines(runs: pd.DataFrame,  # run rows (`read_runs` or a task's runs) with task, representation, name, baseline, clusterer, seed
+                         assignments: pd.DataFrame,  # predicted clusters (ASSIGNMENT_COLUMNS, with task when several tasks)
+                         truth: pd.Series,  # true class per song id (str)
+                         metrics=COMPARED_METRICS,  # metrics compared
+                         n_boot: int = None,  # song resamples; None → `resamples_for` the family, at least 2000
+                         alpha: float = 0.05,  # family-wise error rate of the Holm correction
+                         seed: int = 0,  # seeds the resampling
+                        ) -> pd.DataFrame:
+    "Each representation against its baseline, same clusterer: the mean over common seeds of the paired difference, bootstrapped over songs; percentile 95 % interval, two-sided bootstrap p, Holm over every row."
+    runs = pd.DataFrame(runs)
+    pairs = baseline_pairs(runs)
+    if not len(pairs): return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    if 'task' not in assignments:
+        if runs['task'].nunique() > 1: raise ValueError("assignments of several tasks need a task column (read_assignments adds it)")
+        assignments = assignments.assign(task=runs['task'].iloc[0])
+    n_boot = n_boot or max(2000, resamples_for(len(pairs) * len(metrics), alpha))
+    labels = {k: g.set_index('id')['label'] for k, g in assignments.groupby(['task', 'representation', 'clusterer', 'seed'])}
+    names = dict(zip(zip(runs['task'], runs['representation']), runs['name']))
+    truth = pd.Series(truth).rename(index=str)
+    plan, skipped = {}, []
+    for task, rep, base, clu in pairs.itertuples(index=False):
+        seeds = sorted(s for s in set(runs['seed'][(runs['task'] == task) & (runs['representation'] == rep) & (runs['clusterer'] == clu)])
+                       if (task, rep, clu, s) in labels and (task, base, clu, s) in labels)
+        if not seeds: skipped.append(f"{task}: {rep} vs {base} ({clu}): no seed with the predicted clusters of both"); continue
+        ids = set(truth.index).intersection(*(labels[task, r, clu, s].index for r in (rep, base) for s in seeds))
+        plan.setdefault((task, tuple(sorted(ids))), []).append((rep, base, clu, seeds))
+    for s in skipped: print(f"compare_to_baselines: skipped {s}")
+    rows = []
+    for (task, ids), items in plan.items():
+        y, n = truth.loc[list(ids)].to_numpy(), len(ids)
+        rng = np.random.default_rng([seed, zlib.crc32('\n'.join((task, *ids)).encode())])  # the same songs → the same resamples
+        idx = np.concatenate([np.arange(n)[None], rng.integers(0, n, (n_boot, n))])  # row 0: the songs themselves
+        scores = {}  # (representation, clusterer, seed) → metric → (1 + n_boot,): a baseline shared by several models is scored once
+        def score(key):
+            if key not in scores:
+                lab = labels[(task, *key)].loc[list(ids)].to_numpy()
+                scores[key] = score_tables(resampled_tables(y, lab, idx), np.unique(lab), metrics)
+            return scores[key]
+        for rep, base, clu, seeds in items:
+            for m in metrics:
+                a, b = (np.stack([score((r, clu, s))[m] for s in seeds]) for r in (rep, base))
+                d = np.round((a - b).mean(0), 12)  # paired over seeds: each seed's difference, averaged (rounded: equal scores tie exactly)
+                boot = d[1:]
+                p = min(1., 2 * min((boot <= 0).sum() + 1, (boot >= 0).sum() + 1) / (n_boot + 1)) if np.isfinite(boot).all() else np.nan
+                lo, hi = np.quantile(boot, [.025, .975]) if np.isfinite(boot).all() else (np.nan, np.nan)
+                rows.append(dict(task=task, representation=rep, name=names[task, rep], baseline=base, baseline_name=names[task, base],
+                                 clusterer=clu, metric=m, seeds=len(seeds), songs=n, n_boot=n_boot, value=a[:, 0].mean(),
+                                 baseline_value=b[:, 0].mean(), diff=d[0], ci_low=lo, ci_high=hi, p=p))
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[:-2])
+    out['p_holm'] = holm(out['p'])
+    out['significant'] = out['p_holm'] <= alpha
+    return out
+
+# %% ../nbs/02_easy_vae_pca.ipynb #528bb680
+def comparison_sentences(comparisons: pd.DataFrame,  # from `compare_to_baselines` (one family)
+                         alpha: float = 0.05,  # the family-wise error rate it was corrected at
+                        ) -> list[str]:
+    "Sentences that follow from the corrected tests: the family, what held after Holm's correction, what held only uncorrected, the rest."
+    c = comparisons
+    if not len(c): return ["No representation names a baseline (`baseline=` of `cluster_runs`), so no comparison with PCA on the same inputs was made."]
+    ok = c.dropna(subset=['p'])
+    out = [f"{len(ok)} comparisons ({c[['task', 'representation', 'clusterer']].drop_duplicates().shape[0]} representation × clusterer pairs × "
+           f"{c['metric'].nunique()} metrics: {', '.join(m.upper() for m in c['metric'].unique())}) form one family, Holm-corrected at α = {alpha:g}"
+           + (f"; {len(c) - len(ok)} are undefined (NaN) and left out" if len(ok) < len(c) else '') + '.']
+    def say(r): return (f"{r['name']} ({r['task']}, {r['clusterer']}) {'above' if r['diff'] > 0 else 'below'} {r['baseline_name']} on "
+                        f"{r['metric'].upper()}: {r['diff']:+.3f} (95 % interval {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, p = {r['p']:.3g}, Holm {r['p_holm']:.3g})")
+    held, nominal = ok[ok['significant']], ok[~ok['significant'] & (ok['p'] <= alpha)]
+    out.append(f"Held after correction ({len(held)}): " + '; '.join(say(r) for _, r in held.iterrows()) + '.' if len(held) else
+               "No difference held after correction.")
+    if len(nominal): out.append(f"Below α only before correction, so not claimed ({len(nominal)}): " + '; '.join(say(r) for _, r in nominal.iterrows()) + '.')
+    if rest := len(ok) - len(held) - len(nominal): out.append(f"The other {rest} differences are within what resampling the songs produces (p > {alpha:g} before correction).")
+    return out
+
+# %% ../nbs/02_easy_vae_pca.ipynb #8ed845af
+EASY_INPUTS = ('summary', 'musicnn')  # the easy task's inputs: the hand-made audio summary (`feats.audio`) and the musicnn embedding (`feats.musicnn`)
+
+def easy_representations(latent_dim: int = 8,  # components of PCA, latent dimensions of the VAEs
+                         epochs: int = 30,  # VAE training epochs (early stopping may end sooner)
+                         seed: int = 0,  # PCA's and the VAEs' random_state
+                         cache=None,  # a `ModelCache` or its folder for the VAEs
+                        ) -> dict:
+    "The easy task's representations, display name → (input of EASY_INPUTS, scikit-learn pipeline, display name of its PCA baseline or '')."
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.decomposition import PCA
+    pca = lambda: make_pipeline(StandardScaler(), PCA(latent_dim, random_state=seed))
+    vae = lambda: make_pipeline(StandardScaler(), VAEEmbedder(latent_dim, epochs=epochs, random_state=seed, cache=cache))
+    return {'Raw': ('summary', make_pipeline(StandardScaler()), ''), 'PCA': ('summary', pca(), ''), 'VAE': ('summary', vae(), 'PCA'),
+            'PCA (musicnn)': ('musicnn', pca(), ''), 'VAE (musicnn)': ('musicnn', vae(), 'PCA (musicnn)')}
+
+# %% ../nbs/02_easy_vae_pca.ipynb #60910b28
+@dataclass
+class EasyRun:
+    "What the easy task's experiment produced."
+    runs: pd.DataFrame  # run rows (the result contract's): one per representation, clusterer and seed
+    assignments: pd.DataFrame  # predicted clusters: id, representation, clusterer, seed, label
+    probes: pd.DataFrame  # per representation and seed: dim, active dimensions, linear-probe macro-F1
+    histories: dict  # VAE display name → {'seed s': its training history}
+    latents: dict  # representation id → (ids, Z) of the first seed
+
+def run_easy(inputs: dict,  # input name of EASY_INPUTS → (songs, features), rows in the order of `y` and `ids`
+             y,  # mood clusters, one per song (only to score)
+             ids,  # song ids
+             seeds,  # one fit of every representation per seed
+             latent_dim: int = 8,  # components / latent dimensions
+             epochs: int = 30,  # VAE training epochs
+             k: int = 5,  # clusters asked of the clusterers that take k
+             cache=None,  # model cache of the VAEs
+             methods=CLUSTERERS,  # clusterers
+             progress: bool = True,  # a progress bar over the seeds
+            ) -> EasyRun:
+    "Fit every representation of `easy_representations` on its input for each seed, cluster and score it (`cluster_runs`, with its baseline and the linear probe)."
+    from tqdm.auto import tqdm
+    rows, assigned, probes, histories, latents = [], [], [], {}, {}
+    for seed in tqdm(seeds, desc='seeds', disable=not progress):
+        for name, (inp, pipe, base) in easy_representations(latent_dim, epochs, seed, cache).items():
+            Z = pipe.fit_transform(inputs[inp])
+            if hasattr(pipe[-1], 'history_'): histories.setdefault(name, {})[f'seed {seed}'] = pipe[-1].history_
+            if seed == seeds[0]: latents[slug(name)] = (ids, Z)
+            probe_f1 = linear_probe(Z, y, seed=seed)  # supervised view, one per latent space and seed
+            r, a = cluster_runs(Z, y, ids, seed=seed, methods=methods, k=k, task='easy', name=name, baseline=base, probe_f1=probe_f1)
+            rows += r; assigned.append(a)
+            probes.append(dict(task='easy', representation=slug(name), name=name, seed=seed, dim=Z.shape[1], active_dims=active_units(Z),
+                               probe_f1=probe_f1))
+    return EasyRun(pd.DataFrame(rows), pd.concat(assigned, ignore_index=True), pd.DataFrame(probes), histories, latents)

@@ -15,11 +15,11 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['MODALITIES', 'FOLDER_ALIASES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'SKIPPED_COLUMNS',
+__all__ = ['MODALITIES', 'FOLDER_ALIASES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'MOOD_NAMES', 'SKIPPED_COLUMNS',
            'SKIPPED_MODALITIES', 'LYRICS_MAX_BYTES', 'BINARY_SHARE', 'MARKUP_SHARE', 'CLUSTER_SIZES', 'CLUSTER_TAGS',
            'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'PAPER_F1', 'DatasetError',
            'MediaError', 'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text', 'read_lines',
-           'parse_clusters', 'read_info_csv', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi',
+           'parse_clusters', 'read_info_csv', 'mood_name', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi',
            'manifest_counts', 'make_demo_dataset', 'demo_dataset', 'resolve_data_dir', 'clip_seconds']
 
 # %% ../nbs/00_data.ipynb #482c0635
@@ -29,6 +29,7 @@ SUFFIXES = {'audio': ('.mp3', '.wav', '.flac', '.ogg'), 'lyrics': ('.txt',), 'mi
 LABEL_FILES = ('clusters.txt', 'categories.txt')
 INFO_CSV = 'dataset info.csv'
 N_CLUSTERS = 5
+MOOD_NAMES = {1: 'passionate', 2: 'cheerful', 3: 'wistful', 4: 'humorous', 5: 'aggressive'}  # a short name per MIREX mood cluster (see below)
 SKIPPED_COLUMNS = ('id', 'modality', 'path', 'reason')  # one row per input the data layer left out
 SKIPPED_MODALITIES = ('audio', 'lyrics', 'midi', 'metadata')
 LYRICS_MAX_BYTES = 256 * 1024  # bytes read per lyrics file: ~50× the longest lyrics of the real subset (4,966 bytes)
@@ -180,6 +181,13 @@ def read_info_csv(path,  # the `dataset info.csv` file
                       "metadata: " + '; '.join(s['reason'] for s in skipped[:3]) + (' ...' if len(skipped) > 3 else ''))
     df.attrs['skipped'] = _as_records(skipped)
     return df
+
+# %% ../nbs/00_data.ipynb #0f9bb118
+def mood_name(cluster) -> str:
+    "A mood cluster's display name, e.g. '3 wistful'; other values (a cluster id, 'noise') as they are."
+    try: k = int(cluster)
+    except (TypeError, ValueError): return str(cluster)
+    return f'{k} {MOOD_NAMES[k]}' if k == cluster and k in MOOD_NAMES else str(cluster)
 
 # %% ../nbs/00_data.ipynb #23bfea78
 def _song_id(stem: str, width: int) -> str:

@@ -8,7 +8,7 @@ import copy, hashlib, json, os, re, threading, time, warnings
 from asyncio import CancelledError
 from concurrent.futures import FIRST_COMPLETED, TimeoutError as FutureTimeout, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import functools
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +20,9 @@ import scipy.fft, scipy.sparse
 import soundfile as sf
 import soxr
 import threadpoolctl
+import torch
+import torch.nn.functional as F
+from torch import nn
 from joblib.executor import get_memmapping_executor
 from joblib.externals.loky.process_executor import BrokenProcessPool
 from tqdm.auto import tqdm
@@ -28,12 +31,17 @@ from .data import (SKIPPED_COLUMNS, MediaError, clip_seconds, load_manifest, man
                         read_midi, resolve_data_dir)
 
 # %% auto #0
-__all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'PITCH_CLASSES', 'GM_FAMILIES', 'MIDI_FEATURE_NAMES', 'MIDI_TEMPO_RANGE',
-           'FeatureConfig', 'decode_audio', 'magnitude_stft', 'memo', 'rolloff_bins', 'audio_feature_names',
-           'audio_features', 'extract_audio', 'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows',
-           'lyrics_embeddings', 'key_mode', 'plausible_tempi', 'midi_features', 'extract_midi', 'file_digest',
-           'entry_key', 'decoder_environment', 'FeatureStore', 'cpu_cores', 'process_pool', 'FeatureSet',
-           'build_features', 'Study', 'load_study']
+__all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'INTERVALS', 'PULSE_BPM', 'ONSET_MIN_DB', 'AUDIO_AFFECT_NAMES',
+           'LYRICS_AFFECT_NAMES', 'VADER_MAX_LINES', 'VADER_STRONG', 'PITCH_CLASSES', 'GM_FAMILIES',
+           'MIDI_FEATURE_NAMES', 'MIDI_TEMPO_RANGE', 'MUSICNN_SR', 'MUSICNN_N_FFT', 'MUSICNN_HOP', 'MUSICNN_N_MELS',
+           'MUSICNN_PATCH_FRAMES', 'MUSICNN_TAGS', 'MUSICNN_WEIGHTS', 'FeatureConfig', 'decode_audio', 'magnitude_stft',
+           'memo', 'rolloff_bins', 'key_correlations', 'estimate_key', 'key_mode', 'tonal_profile', 'pulse_clarity',
+           'onset_density', 'loudness_range', 'audio_affect', 'audio_feature_names', 'audio_features', 'extract_audio',
+           'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows', 'lyrics_embeddings', 'vader_version',
+           'lyrics_sentiment', 'plausible_tempi', 'midi_features', 'extract_midi', 'musicnn_logmel', 'musicnn_patches',
+           'FrontEndBranch', 'MusicNN', 'musicnn_state_dict', 'load_musicnn', 'musicnn_embed', 'musicnn_features',
+           'extract_musicnn', 'file_digest', 'entry_key', 'decoder_environment', 'FeatureStore', 'cpu_cores',
+           'process_pool', 'FeatureSet', 'build_features', 'Study', 'load_study']
 
 # %% ../nbs/01_features.ipynb #0709ae6b
 @dataclass(frozen=True)
@@ -60,8 +68,10 @@ CONFIG_FIELDS = {  # extractor → the settings it reads
     'audio': ('sr', 'duration', 'offset', 'n_fft', 'hop_length', 'n_mels', 'n_mfcc', 'patch_mels', 'patch_frames'),
     'lyrics_lsa': ('lsa_dim', 'tfidf_min_df', 'tfidf_max_features', 'lsa_seed'),
     'lyrics_emb': ('text_model', 'text_window', 'text_max_windows'),
+    'lyrics_vader': (),
+    'musicnn': ('duration', 'offset'),
     'midi': ()}
-EXTRACTOR_VERSION = {'audio': 2, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'midi': 2}  # bump when an extractor's code changes
+EXTRACTOR_VERSION = {'audio': 3, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'lyrics_vader': 1, 'musicnn': 1, 'midi': 2}  # bump when an extractor's code changes
 
 # %% ../nbs/01_features.ipynb #6d85d066
 def decode_audio(path, config: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, int]:
@@ -137,13 +147,17 @@ def _pool(x: np.ndarray, n: int, axis: int) -> np.ndarray:
     return np.add.reduceat(x, edges[:-1], axis=axis) / counts
 
 # %% ../nbs/01_features.ipynb #6a0428ba
+def _onset_autocorrelation(onset: np.ndarray) -> np.ndarray:
+    "Autocorrelation (biased, lags 0 … n-1) of the mean-removed onset envelope, through a zero-padded FFT."
+    o = onset - onset.mean()
+    f = np.fft.rfft(o, 2 * len(o))
+    return np.fft.irfft(f * np.conj(f))[:len(o)]
+
 def _tempo(onset: np.ndarray, sr: int, hop_length: int, start_bpm: float = 120.0, std_bpm: float = 1.0,
            max_bpm: float = 320.0) -> float:
     "Global tempo (BPM): autocorrelation of the onset envelope weighted by librosa's log-normal tempo prior."
-    o = onset - onset.mean()
-    n = len(o)
-    f = np.fft.rfft(o, 2 * n)
-    ac = np.fft.irfft(f * np.conj(f))[:n]
+    ac = _onset_autocorrelation(onset)
+    n = len(ac)
     if ac[0] <= 0: return 0.0
     lags = np.arange(1, n)
     bpm = 60.0 * sr / (hop_length * lags)
@@ -167,6 +181,94 @@ def rolloff_bins(S: np.ndarray,  # magnitude, frames × bins
     within = np.cumsum(np.take_along_axis(S, k[:, None] * block + np.arange(block), axis=1), axis=1) + before[:, None]
     return np.minimum(k * block + (within < thr[:, None]).sum(axis=1), F - 1)
 
+# %% ../nbs/01_features.ipynb #df90b19b
+_KS_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])  # Krumhansl & Kessler (1982)
+_KS_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+def key_correlations(pc_hist: np.ndarray) -> np.ndarray:
+    "(2, 12) Pearson correlations of a pitch-class profile (C first) with the major (row 0) and minor (row 1) key profiles on each tonic."
+    return np.array([[np.corrcoef(pc_hist, np.roll(prof, k))[0, 1] for k in range(12)] for prof in (_KS_MAJOR, _KS_MINOR)])
+
+def estimate_key(pc_hist: np.ndarray) -> tuple[int, int, float, float]:
+    "(tonic 0-11 from C, 1 if major else 0, best major minus best minor correlation, best correlation) of the Krumhansl–Schmuckler key."
+    if not np.any(pc_hist) or np.ptp(pc_hist) == 0: return 0, 0, 0.0, 0.0  # no pitch, or no preference: no key
+    r = key_correlations(pc_hist)
+    mode, tonic = np.unravel_index(np.argmax(r), r.shape)  # a tie goes to major
+    return int(tonic), int(mode == 0), float(r[0].max() - r[1].max()), float(r.max())
+
+def key_mode(pc_hist: np.ndarray) -> tuple[int, float]:
+    "(1 if the best Krumhansl–Schmuckler key is major else 0, best major minus best minor correlation)."
+    return estimate_key(pc_hist)[1:3]
+
+# %% ../nbs/01_features.ipynb #cda43f86
+INTERVALS = ('P1', 'm2', 'M2', 'm3', 'M3', 'P4', 'TT', 'P5', 'm6', 'M6', 'm7', 'M7')  # semitones above the tonic
+
+def tonal_profile(chroma_mean: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
+    "(mean chroma rotated to start at its estimated tonic and scaled to sum 1, tonic, major, mode strength, key clarity)."
+    tonic, major, strength, clarity = estimate_key(chroma_mean)
+    total = float(np.sum(chroma_mean))
+    profile = np.roll(chroma_mean, -tonic) / total if total > 0 else np.zeros(12)
+    return profile, tonic, major, strength, clarity
+
+# %% ../nbs/01_features.ipynb #b015fe0b
+PULSE_BPM = (40.0, 200.0)  # tempo range in which pulse clarity looks for the autocorrelation peak
+ONSET_MIN_DB = 1.0  # dB (mean rise over the mel bands): smaller onset-envelope variations are taken for noise
+
+def _onset_peaks(onset: np.ndarray, sr: int, hop_length: int) -> np.ndarray:
+    "Frames of the onset-envelope peaks rising `ONSET_MIN_DB` above its local mean (librosa's peak picking, its default windows)."
+    if len(onset) < 2 or not np.any(onset): return np.zeros(0, int)
+    return librosa.onset.onset_detect(onset_envelope=np.asarray(onset, float), sr=sr, hop_length=hop_length, normalize=False,
+                                      delta=ONSET_MIN_DB)
+
+def pulse_clarity(onset: np.ndarray,  # onset envelope, one value per frame
+                  sr: int, hop_length: int,
+                  bpm_range: tuple = PULSE_BPM,  # lags allowed, as tempi
+                 ) -> float:
+    "Highest local maximum of the onset envelope's autocorrelation (1 at lag 0) at a lag within `bpm_range` (Lartillot et al. 2008); 0 if none."
+    if len(onset) < 3 or len(_onset_peaks(onset, sr, hop_length)) < 2: return 0.0  # fewer than two onsets: no pulse
+    ac = _onset_autocorrelation(onset)
+    if len(ac) < 3 or ac[0] <= 0: return 0.0
+    r = ac / ac[0]
+    lag = np.arange(1, len(r) - 1)
+    bpm = 60.0 * sr / (hop_length * lag)
+    ok = (r[lag] >= r[lag - 1]) & (r[lag] >= r[lag + 1]) & (bpm >= bpm_range[0]) & (bpm <= bpm_range[1])
+    return float(max(r[lag][ok].max(), 0.0)) if ok.any() else 0.0
+
+def onset_density(onset: np.ndarray,  # onset envelope, one value per frame
+                  sr: int, hop_length: int) -> float:
+    "Onsets per second: `librosa.onset.onset_detect` peaks rising `ONSET_MIN_DB` above the envelope's local mean, over its duration."
+    return len(_onset_peaks(onset, sr, hop_length)) / (len(onset) * hop_length / sr) if len(onset) else 0.0
+
+# %% ../nbs/01_features.ipynb #409e76cb
+def loudness_range(power: np.ndarray,  # mean-square amplitude per frame (RMS²)
+                   sr: int, hop_length: int,
+                   window: float = 3.0,  # seconds of the short-term loudness window (halved to fit clips shorter than 2 windows)
+                   percentiles: tuple = (10, 95),  # the spread is taken between these percentiles
+                   absolute_gate: float = -70.0,  # dB: quieter short-term windows are ignored
+                   relative_gate: float = -20.0,  # dB relative to the power-mean of the windows that pass the absolute gate
+                  ) -> float:
+    "EBU R128 LRA-like loudness range (dB): spread of the gated short-term loudness (unweighted, dB re full scale)."
+    w = max(1, min(int(round(window * sr / hop_length)), len(power) // 2))
+    c = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
+    short = 10 * np.log10(np.maximum((c[w:] - c[:-w]) / w, 1e-20))  # one window per frame
+    short = short[short > absolute_gate]
+    if not len(short): return 0.0
+    short = short[short > 10 * np.log10(np.mean(10 ** (short / 10))) + relative_gate]
+    return float(np.percentile(short, percentiles[1]) - np.percentile(short, percentiles[0]))
+
+# %% ../nbs/01_features.ipynb #7528437b
+AUDIO_AFFECT_NAMES = [f'tonal_{i}' for i in INTERVALS] + ['mode_strength', 'key_clarity', 'pulse_clarity', 'onset_density',
+                                                          'loudness_range']
+
+def audio_affect(chroma: np.ndarray,  # frames × 12, each frame scaled to max 1
+                 onset: np.ndarray,  # onset envelope per frame
+                 power: np.ndarray,  # mean-square amplitude per frame
+                 sr: int, hop_length: int) -> np.ndarray:
+    "Affect descriptors of one clip's (real) frames, named by `AUDIO_AFFECT_NAMES`."
+    profile, _, _, strength, clarity = tonal_profile(chroma.mean(axis=0) if len(chroma) else np.zeros(12))
+    return np.concatenate([profile, [strength, clarity, pulse_clarity(onset, sr, hop_length), onset_density(onset, sr, hop_length),
+                                     loudness_range(power, sr, hop_length)]]).astype(np.float32)
+
 # %% ../nbs/01_features.ipynb #3daf98cb
 def audio_feature_names(config: FeatureConfig = FeatureConfig()) -> list[str]:
     "Names of the audio summary vector: `<frame feature>_mean`, `<frame feature>_std`, then `tempo`."
@@ -181,7 +283,7 @@ def audio_features(y: np.ndarray,  # mono samples at `config.sr`
                    n_valid: int = None,  # real (unpadded) samples: statistics skip the padding; None → all
                    keep: bool = False,  # also return the frame-level features (log-mel, MFCC, ...)
                   ) -> dict:
-    "Summary vector (`summary`) and log-mel patch (`mel`, patch_mels × patch_frames) of one clip, from one STFT."
+    "Summary vector (`summary`), log-mel patch (`mel`, patch_mels × patch_frames) and affect descriptors (`affect`) of one clip, from one STFT."
     c = config
     mel_fb, chroma_fb, freqs, bands, moments = _filters(c.sr, c.n_fft, c.n_mels)
     S = magnitude_stft(y, c.n_fft, c.hop_length)  # frames × bins
@@ -216,7 +318,8 @@ def audio_features(y: np.ndarray,  # mono samples at `config.sr`
     t = len(S) if n_valid is None else min(len(S), max(1, 1 + n_valid // c.hop_length))
     summary = np.concatenate([frames[:t].mean(0), frames[:t].std(0), [_tempo(onset[:t], c.sr, c.hop_length)]])
     patch = _pool(_pool(logmel, c.patch_frames, axis=0), c.patch_mels, axis=1).T
-    out = dict(summary=summary.astype(np.float32), mel=np.ascontiguousarray(patch, np.float32))
+    affect = audio_affect(chroma[:t], onset[:t], rms[:t] ** 2, c.sr, c.hop_length)
+    out = dict(summary=summary.astype(np.float32), mel=np.ascontiguousarray(patch, np.float32), affect=affect)
     if keep: out.update(logmel=logmel.T, frames=frames, frame_names=audio_feature_names(c)[:frames.shape[1]])
     return out
 
@@ -330,24 +433,37 @@ def lyrics_embeddings(texts: list[str], config: FeatureConfig = FeatureConfig(),
             v = E[at:at + len(ws)].mean(0); out[i] = v / max(np.linalg.norm(v), 1e-12); at += len(ws)
     return out
 
+# %% ../nbs/01_features.ipynb #601397af
+LYRICS_AFFECT_NAMES = ['vader_compound', 'vader_pos', 'vader_neu', 'vader_neg', 'vader_positive_lines', 'vader_negative_lines']
+VADER_MAX_LINES = 2000  # lines scored per song at most, from its start
+VADER_STRONG = 0.5  # |compound| from which a line counts as strongly positive / negative
+
+@memo
+def _vader():
+    "VADER's analyser with the lexicon shipped in the `vaderSentiment` package (loaded once per process)."
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    return SentimentIntensityAnalyzer()
+
+def vader_version() -> str:
+    "Version of the installed `vaderSentiment` (part of the cache key: another lexicon gives other scores)."
+    return metadata.version('vaderSentiment')
+
+def lyrics_sentiment(text: str) -> np.ndarray:
+    "VADER sentiment of cleaned lyrics, line by line, averaged (names in `LYRICS_AFFECT_NAMES`); zeros when there is no line."
+    lines = [l for l in (text or '').split('\n') if l.strip()][:VADER_MAX_LINES]
+    if not lines: return np.zeros(len(LYRICS_AFFECT_NAMES), np.float32)
+    s = np.array([[d['compound'], d['pos'], d['neu'], d['neg']] for d in map(_vader().polarity_scores, lines)])
+    return np.concatenate([s.mean(axis=0), [(s[:, 0] >= VADER_STRONG).mean(), (s[:, 0] <= -VADER_STRONG).mean()]]).astype(np.float32)
+
 # %% ../nbs/01_features.ipynb #adedce3d
 PITCH_CLASSES = ('C', 'C#', 'D', 'D#', 'E', 'F', 'F#', 'G', 'G#', 'A', 'A#', 'B')
 GM_FAMILIES = ('piano', 'chromatic_percussion', 'organ', 'guitar', 'bass', 'strings', 'ensemble', 'brass', 'reed',
                'pipe', 'synth_lead', 'synth_pad', 'synth_effects', 'ethnic', 'percussive', 'sound_effects')
-_KS_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_KS_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 MIDI_FEATURE_NAMES = ([f'pc_{p}' for p in PITCH_CLASSES] + ['pitch_mean', 'pitch_std', 'pitch_range', 'note_density',
                       'duration_mean', 'duration_std', 'velocity_mean', 'velocity_std', 'tempo_file', 'tempo_estimate',
                       'polyphony', 'n_instruments'] + [f'family_{f}' for f in GM_FAMILIES]
                       + ['drum_density', 'major', 'mode_margin', 'length'])
-
-def key_mode(pc_hist: np.ndarray) -> tuple[int, float]:
-    "(1 if the best Krumhansl–Schmuckler key is major else 0, best major minus best minor correlation)."
-    if not np.any(pc_hist) or np.ptp(pc_hist) == 0: return 0, 0.0
-    corr = lambda prof: max(np.corrcoef(pc_hist, np.roll(prof, k))[0, 1] for k in range(12))
-    major, minor = corr(_KS_MAJOR), corr(_KS_MINOR)
-    return int(major >= minor), float(major - minor)
 
 # %% ../nbs/01_features.ipynb #e884670d
 MIDI_TEMPO_RANGE = (20.0, 400.0)  # BPM: tempo events outside it are taken for damage and ignored
@@ -409,6 +525,144 @@ def extract_midi(path, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     "Parse one MIDI file and describe it; a MediaError names a broken file or one without notes."
     return midi_features(read_midi(path), config)
 
+# %% ../nbs/01_features.ipynb #cbca1785
+MUSICNN_SR, MUSICNN_N_FFT, MUSICNN_HOP, MUSICNN_N_MELS = 16000, 512, 256, 96  # musicnn's configuration.py
+MUSICNN_PATCH_FRAMES = 187  # frames of a 3-s patch: librosa.time_to_frames(3, sr=16000, n_fft=512, hop_length=256) + 1
+MUSICNN_TAGS = ('rock', 'pop', 'alternative', 'indie', 'electronic', 'female vocalists', 'dance', '00s', 'alternative rock', 'jazz',
+                'beautiful', 'metal', 'chillout', 'male vocalists', 'classic rock', 'soul', 'indie rock', 'Mellow', 'electronica', '80s',
+                'folk', '90s', 'chill', 'instrumental', 'punk', 'oldies', 'blues', 'hard rock', 'ambient', 'acoustic', 'experimental',
+                'female vocalist', 'guitar', 'Hip-Hop', '70s', 'party', 'country', 'easy listening', 'sexy', 'catchy', 'funk', 'electro',
+                'heavy metal', 'Progressive rock', '60s', 'rnb', 'indie pop', 'sad', 'House', 'happy')  # the MSD model's outputs, in order
+MUSICNN_WEIGHTS = Path(mmvae.__file__).parent/'weights'/'musicnn_msd.npz'  # converted by tools/convert_musicnn.py
+
+# %% ../nbs/01_features.ipynb #d518c2ea
+def musicnn_logmel(y: np.ndarray,  # mono samples at 16 kHz
+                  ) -> np.ndarray:
+    "musicnn's input, frames × 96: log10(10000·mel + 1) of the mel power spectrogram quantised to float16, as the original computes it."
+    mel = librosa.feature.melspectrogram(y=np.asarray(y, np.float32), sr=MUSICNN_SR, hop_length=MUSICNN_HOP, n_fft=MUSICNN_N_FFT,
+                                         n_mels=MUSICNN_N_MELS).T
+    return np.log10(10000 * mel.astype(np.float16).astype(np.float32) + 1)
+
+def musicnn_patches(logmel: np.ndarray,  # frames × bands
+                    n_frames: int = MUSICNN_PATCH_FRAMES,  # frames per patch
+                   ) -> np.ndarray:
+    "Consecutive patches without overlap (patches × n_frames × bands), the last incomplete one dropped; a shorter input is repeated to fill one."
+    if len(logmel) < n_frames: logmel = np.resize(logmel, (n_frames, logmel.shape[1]))  # np.resize repeats the frames
+    k = len(logmel) // n_frames
+    return np.ascontiguousarray(logmel[:k * n_frames].reshape(k, n_frames, logmel.shape[1]))
+
+# %% ../nbs/01_features.ipynb #f837db08
+class FrontEndBranch(nn.Module):
+    "One front-end filter shape: zero-pad time, convolve, ReLU, batch norm, max over frequency; (batch, 1, time, bands) → (batch, filters, time)."
+    def __init__(self, filters: int, kernel: tuple,  # (frames, bands) of the filters
+                 pad: tuple):  # frames of zeros (before, after) on the time axis
+        super().__init__()
+        self.pad, self.conv, self.bn = pad, nn.Conv2d(1, filters, kernel), nn.BatchNorm2d(filters, eps=1e-3)
+
+    def forward(self, x): return self.bn(F.relu(self.conv(F.pad(x, (0, 0, *self.pad))))).amax(dim=3)
+
+# %% ../nbs/01_features.ipynb #489cfe8d
+class MusicNN(nn.Module):
+    "The musicnn tagger (MSD_musicnn sizes) on log-mel patches (batch × 187 × 96): tag probabilities, penultimate layer and pools."
+    def __init__(self, n_mels: int = 96, n_tags: int = 50,
+                 timbral: int = 204, temporal: int = 51,  # filters per front-end branch: int(1.6·128), int(1.6·32)
+                 midend: int = 64, backend: int = 200):  # mid-end filters, penultimate units
+        super().__init__()
+        self.input_bn = nn.BatchNorm2d(1, eps=1e-3)
+        self.timbral = nn.ModuleList([FrontEndBranch(timbral, (7, int(f * n_mels)), (3, 3)) for f in (0.4, 0.7)])
+        self.temporal = nn.ModuleList([FrontEndBranch(temporal, (k, 1), ((k - 1) // 2, k // 2)) for k in (128, 64, 32)])
+        front = 2 * timbral + 3 * temporal
+        self.midend = nn.ModuleList([nn.Conv1d(c, midend, 7, padding=3) for c in (front, midend, midend)])
+        self.midend_bn = nn.ModuleList([nn.BatchNorm1d(midend, eps=1e-3) for _ in range(3)])
+        width = 2 * (front + 3 * midend)
+        self.pool_bn, self.dense = nn.BatchNorm1d(width, eps=1e-3), nn.Linear(width, backend)
+        self.dense_bn, self.output = nn.BatchNorm1d(backend, eps=1e-3), nn.Linear(backend, n_tags)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        "{'tags': sigmoid probabilities, 'penultimate', 'mean_pool', 'max_pool'} for each patch of `x`."
+        x = self.input_bn(x[:, None])
+        h = [torch.cat([b(x) for b in (*self.timbral, *self.temporal)], dim=1)]  # batch × 561 × time
+        for k, (conv, bn) in enumerate(zip(self.midend, self.midend_bn)):
+            m = bn(F.relu(conv(h[-1])))
+            h.append(m if k == 0 else m + h[-1])  # residual connections on the second and third
+        feats = torch.cat(h, dim=1)  # batch × 753 × time
+        mx, mean = feats.amax(dim=2), feats.mean(dim=2)
+        pooled = torch.stack([mx, mean], dim=2).flatten(1)  # max and mean interleaved, as TF's concat + flatten
+        penultimate = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return dict(tags=torch.sigmoid(self.output(penultimate)), penultimate=penultimate, mean_pool=mean, max_pool=mx)
+
+# %% ../nbs/01_features.ipynb #0e202164
+_BN = ('weight', 'gamma'), ('bias', 'beta'), ('running_mean', 'moving_mean'), ('running_var', 'moving_variance')
+
+def musicnn_state_dict(weights: dict) -> dict:
+    "PyTorch state dict of `MusicNN` from the checkpoint's variables (TensorFlow names and layouts, as in musicnn_msd.npz)."
+    tf_name = lambda base, i: base if i == 0 else f'{base}_{i}'
+    sd = {}
+    def bn(module, i):
+        for ours, theirs in _BN: sd[f'{module}.{ours}'] = weights[f'{tf_name("batch_normalization", i)}/{theirs}']
+    def conv(module, i, one_d=False):
+        k = weights[f'{tf_name("conv2d", i)}/kernel']
+        sd[f'{module}.weight'] = k[:, :, 0, :].transpose(2, 1, 0) if one_d else k.transpose(3, 2, 0, 1)
+        sd[f'{module}.bias'] = weights[f'{tf_name("conv2d", i)}/bias']
+    bn('input_bn', 0)
+    for i, branch in enumerate(['timbral.0', 'timbral.1', 'temporal.0', 'temporal.1', 'temporal.2']):
+        conv(f'{branch}.conv', i); bn(f'{branch}.bn', i + 1)
+    for i in range(3): conv(f'midend.{i}', 5 + i, one_d=True); bn(f'midend_bn.{i}', 6 + i)
+    bn('pool_bn', 9); bn('dense_bn', 10)
+    for ours, theirs in (('dense', 'dense'), ('output', 'dense_1')):
+        sd[f'{ours}.weight'], sd[f'{ours}.bias'] = weights[f'{theirs}/kernel'].T, weights[f'{theirs}/bias']
+    return {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()}
+
+@memo  # travels to worker processes by value (see `memo`)
+def load_musicnn(device: str = 'cpu') -> MusicNN:
+    "The MSD musicnn with its trained weights (from mmvae/weights, no network), in inference mode on `device`; once per process."
+    with np.load(MUSICNN_WEIGHTS, allow_pickle=False) as z: weights = {k: z[k] for k in z.files if k != 'tags'}
+    model = MusicNN()
+    model.load_state_dict(musicnn_state_dict(weights), strict=True)  # strict: every parameter and statistic is set
+    return model.to(device).eval()
+
+# %% ../nbs/01_features.ipynb #8e119318
+def musicnn_embed(patches: np.ndarray,  # patches × 187 × 96, from `musicnn_patches`
+                  model: MusicNN = None,  # None → `load_musicnn` on CUDA when available, else the CPU
+                  batch_size: int = 64,  # patches per forward pass
+                 ) -> dict:
+    "Per patch: tag probabilities, penultimate layer, mean and max pools (numpy float32 arrays)."
+    model = model or load_musicnn('cuda' if torch.cuda.is_available() else 'cpu')
+    device = next(model.parameters()).device
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(patches), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch_size], np.float32)).to(device)
+            outs.append({k: v.float().cpu().numpy() for k, v in model(x).items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+def musicnn_features(y: np.ndarray,  # mono samples at 16 kHz
+                     model: MusicNN = None,  # None → `load_musicnn` on CUDA when available, else the CPU
+                    ) -> dict:
+    "A clip's musicnn description: `embedding` (penultimate mean ‖ max over its 3-s patches, 400) and `tags` (mean probabilities, 50)."
+    out = musicnn_embed(musicnn_patches(musicnn_logmel(y)), model)
+    pen = out['penultimate']
+    return dict(embedding=np.concatenate([pen.mean(0), pen.max(0)]).astype(np.float32), tags=out['tags'].mean(0).astype(np.float32))
+
+# %% ../nbs/01_features.ipynb #8929aa89
+@contextmanager
+def _one_torch_thread():
+    "Limit PyTorch to one CPU thread while musicnn runs (thread-safe: the first task sets it, the last restores the previous count)."
+    st = vars(mmvae).setdefault('_torch_thread_state', dict(lock=threading.Lock(), users=0, before=None))  # one per process
+    with st['lock']:
+        if st['users'] == 0: st['before'] = torch.get_num_threads(); torch.set_num_threads(1)
+        st['users'] += 1
+    try: yield
+    finally:
+        with st['lock']:
+            st['users'] -= 1
+            if st['users'] == 0: torch.set_num_threads(st['before'])
+
+def extract_musicnn(path, config: FeatureConfig = FeatureConfig()) -> dict:
+    "Decode one clip at 16 kHz and describe it with musicnn: `embedding` (400) and `tags` (50); a MediaError names an unreadable file."
+    y, n_valid = decode_audio(path, replace(config, sr=MUSICNN_SR))
+    with _one_torch_thread(): return musicnn_features(y[:n_valid])
+
 # %% ../nbs/01_features.ipynb #6386738c
 def file_digest(path) -> str:
     "SHA-256 of a file's bytes."
@@ -431,7 +685,7 @@ def decoder_environment(extractor: str) -> str:
         try: return metadata.version(package)
         except metadata.PackageNotFoundError: return None
     spec = {}
-    if extractor == 'audio':
+    if extractor in ('audio', 'musicnn'):  # musicnn decodes as the audio extractor does
         try: lib = sf.__libsndfile_version__
         except Exception as e: lib = f'unavailable ({type(e).__name__})'
         try: backends = sorted(b.__name__ for b in audioread.available_backends())
@@ -486,7 +740,7 @@ def _run_task(task: tuple, config: FeatureConfig) -> tuple:
     "Run one (extractor, row, path, key) task: (task, 'ok', arrays) or (task, 'error', reason, decoder environment or None)."
     extractor, _, path, _ = task
     try:
-        out = extract_audio(path, config) if extractor == 'audio' else extract_midi(path, config)
+        out = {'audio': extract_audio, 'musicnn': extract_musicnn, 'midi': extract_midi}[extractor](path, config)
         return task, 'ok', out if isinstance(out, dict) else {'x': out}
     except MediaError as e: return task, 'error', str(e), decoder_environment(extractor)  # remembered under these decoders
     except Exception as e: return task, 'error', f"{path}: {type(e).__name__}: {e}", None  # not remembered: retried next run
@@ -636,6 +890,18 @@ def _execute(tasks: list, config: FeatureConfig, n_jobs=None, client=None, progr
         for res in results: bar.update(); yield res
     finally: results.close(); bar.close()
 
+# %% ../nbs/01_features.ipynb #9e0acbed
+def _split_for_gpu(tasks: list, client, cuda: bool) -> tuple[list, list]:
+    "(tasks for `_execute`'s workers, musicnn tasks for this process's GPU): musicnn runs here when `cuda` and no cluster."
+    here = cuda and client is None
+    return [t for t in tasks if not (here and t[0] == 'musicnn')], [t for t in tasks if here and t[0] == 'musicnn']
+
+def _extract(tasks: list, config: FeatureConfig, n_jobs=None, client=None, progress=True, timeout: float = 900.0):
+    "`_execute` for all tasks, the musicnn ones in this process when it has CUDA (see `_split_for_gpu`)."
+    workers, gpu = _split_for_gpu(tasks, client, torch.cuda.is_available())
+    yield from _execute(workers, config, n_jobs, client, progress, timeout)
+    yield from _execute(gpu, config, 1, None, progress, timeout)
+
 # %% ../nbs/01_features.ipynb #d80f114b
 @dataclass
 class FeatureSet:
@@ -644,8 +910,14 @@ class FeatureSet:
     audio: np.ndarray  # (n, d_audio) summary vector per clip
     audio_names: list  # names of the audio columns
     mel: np.ndarray  # (n, patch_mels, patch_frames) log-mel patch, dB
+    audio_affect: np.ndarray  # (n, k) affect descriptors per clip: tonal profile, mode, pulse, loudness range (`audio_affect`)
+    audio_affect_names: list  # names of the audio affect columns (`AUDIO_AFFECT_NAMES`)
+    musicnn: np.ndarray  # (n, 400) MSD musicnn penultimate layer (200), mean ‖ max over the clip's 3-s patches
+    musicnn_tags: np.ndarray  # (n, 50) mean musicnn tag probabilities over the patches (`MUSICNN_TAGS`)
     lyrics_lsa: np.ndarray  # (n, lsa_dim) TF-IDF → LSA
     lyrics_emb: np.ndarray  # (n, 384) sentence embedding, L2-normalised
+    lyrics_affect: np.ndarray  # (n, k) VADER sentiment of the lyrics, per line and averaged (`lyrics_sentiment`)
+    lyrics_affect_names: list  # names of the lyrics affect columns (`LYRICS_AFFECT_NAMES`)
     midi: np.ndarray  # (n, d_midi) MIDI descriptors
     midi_names: list  # names of the MIDI columns
     mask: dict  # modality ('audio', 'lyrics', 'midi') → bool (n,), True where present and readable
@@ -657,7 +929,9 @@ class FeatureSet:
     def describe(self) -> pd.DataFrame:
         "Shape, songs present and files skipped (by the manifest or by extraction) per feature matrix."
         rows = []
-        for name, mod in (('audio', 'audio'), ('mel', 'audio'), ('lyrics_lsa', 'lyrics'), ('lyrics_emb', 'lyrics'), ('midi', 'midi')):
+        for name, mod in (('audio', 'audio'), ('mel', 'audio'), ('audio_affect', 'audio'), ('musicnn', 'audio'), ('musicnn_tags', 'audio'),
+                          ('lyrics_lsa', 'lyrics'), ('lyrics_emb', 'lyrics'),
+                          ('lyrics_affect', 'lyrics'), ('midi', 'midi')):
             rows.append(dict(features=name, modality=mod, shape=str(getattr(self, name).shape), present=int(self.mask[mod].sum()),
                              skipped=int((self.skipped['modality'] == mod).sum())))
         return pd.DataFrame(rows).set_index('features')
@@ -690,18 +964,25 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
     audio_names, midi_names = audio_feature_names(cfg), list(MIDI_FEATURE_NAMES)
     fs = FeatureSet(ids=ids, audio=np.zeros((n, len(audio_names)), np.float32), audio_names=audio_names,
                     mel=np.zeros((n, cfg.patch_mels, cfg.patch_frames), np.float32),
+                    audio_affect=np.zeros((n, len(AUDIO_AFFECT_NAMES)), np.float32), audio_affect_names=list(AUDIO_AFFECT_NAMES),
+                    musicnn=np.zeros((n, 400), np.float32), musicnn_tags=np.zeros((n, len(MUSICNN_TAGS)), np.float32),
                     lyrics_lsa=np.zeros((n, cfg.lsa_dim), np.float32), lyrics_emb=np.zeros((n, 384), np.float32),
+                    lyrics_affect=np.zeros((n, len(LYRICS_AFFECT_NAMES)), np.float32), lyrics_affect_names=list(LYRICS_AFFECT_NAMES),
                     midi=np.zeros((n, len(midi_names)), np.float32), midi_names=midi_names,
                     mask={m: np.zeros(n, bool) for m in ('audio', 'lyrics', 'midi')}, skipped=None, config=cfg)
     before = _from_manifest(manifest, modalities)  # left out by load_manifest
     listed = {(r['modality'], r['path']) for r in before if r['modality'] != 'metadata'}
     skipped = []
-    def skip(row, modality, path, reason):
-        if (modality, str(path)) not in listed: skipped.append(dict(id=ids[row], modality=modality, path=str(path), reason=reason))
+    def skip(row, modality, path, reason):  # a file once, though its audio and musicnn extractors may both fail
+        if (modality, str(path)) not in listed:
+            skipped.append(dict(id=ids[row], modality=modality, path=str(path), reason=reason)); listed.add((modality, str(path)))
+    done = {m: np.zeros(n, bool) for m in ('audio', 'musicnn', 'midi')}  # extractor → rows it has described
+    modality_of = {'audio': 'audio', 'musicnn': 'audio', 'midi': 'midi'}
     def accept(extractor, row, arrays):
-        if extractor == 'audio': fs.audio[row], fs.mel[row] = arrays['summary'], arrays['mel']
+        if extractor == 'audio': fs.audio[row], fs.mel[row], fs.audio_affect[row] = arrays['summary'], arrays['mel'], arrays['affect']
+        elif extractor == 'musicnn': fs.musicnn[row], fs.musicnn_tags[row] = arrays['embedding'], arrays['tags']
         else: fs.midi[row] = arrays['x']
-        fs.mask[extractor][row] = True
+        done[extractor][row] = True
 
     def digests(modality):  # (row, path, digest) of each readable file
         out = []
@@ -712,20 +993,23 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
         return out
 
     tasks = []
-    for m in ('audio', 'midi'):
-        if m not in modalities: continue
-        for row, p, dg in digests(m):
-            key = entry_key(m, dg, cfg)
-            hit = store.get(m, key, decoder_environment(m))
-            if hit is None: tasks.append((m, row, str(p), key))
-            elif hit[0] == 'ok': accept(m, row, hit[1])
-            else: skip(row, m, p, hit[1])
-    for task, status, payload, *environment in _execute(tasks, cfg, n_jobs, client, progress, timeout):
+    for modality, extractors in (('audio', ('audio', 'musicnn')), ('midi', ('midi',))):
+        if modality not in modalities: continue
+        for row, p, dg in digests(modality):
+            for m in extractors:
+                key = entry_key(m, dg, cfg)
+                hit = store.get(m, key, decoder_environment(m))
+                if hit is None: tasks.append((m, row, str(p), key))
+                elif hit[0] == 'ok': accept(m, row, hit[1])
+                else: skip(row, modality, p, hit[1])
+    for task, status, payload, *environment in _extract(tasks, cfg, n_jobs, client, progress, timeout):
         m, row, p, key = task
         if status == 'ok': store.put(m, key, payload); accept(m, row, payload)
         else:
             if environment and environment[0]: store.put_error(m, key, payload, environment[0])
-            skip(row, m, p, payload)
+            skip(row, modality_of[m], p, payload)
+    fs.mask['audio'], fs.mask['midi'] = done['audio'] & done['musicnn'], done['midi']  # a clip is present when both described it
+    for name in ('audio', 'mel', 'audio_affect', 'musicnn', 'musicnn_tags'): getattr(fs, name)[~fs.mask['audio']] = 0
 
     if 'lyrics' in modalities: _build_lyrics(fs, manifest, store, cfg, digests('lyrics'), skip)
     fs.skipped = pd.DataFrame(before + skipped, columns=list(SKIPPED_COLUMNS))
@@ -736,7 +1020,7 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
 
 # %% ../nbs/01_features.ipynb #07ab66a6
 def _build_lyrics(fs: FeatureSet, manifest, store: FeatureStore, cfg: FeatureConfig, files, skip):
-    "Fill the lyrics matrices of `fs`: per-file embeddings and the corpus-wide LSA, through the store."
+    "Fill the lyrics matrices of `fs`: per-file embeddings and VADER sentiment and the corpus-wide LSA, through the store."
     rows, texts, dgs, paths = [], [], [], []
     for row, p, dg in files:
         try: text = clean_lyrics(read_lyrics(p))
@@ -754,6 +1038,12 @@ def _build_lyrics(fs: FeatureSet, manifest, store: FeatureStore, cfg: FeatureCon
     if todo:
         E = lyrics_embeddings([texts[j] for j in todo], cfg, names=[paths[j] for j in todo])
         for j, e in zip(todo, E): store.put('lyrics_emb', keys[j], {'x': e}); fs.lyrics_emb[rows[j]] = e
+    version = vader_version()
+    for j, dg in enumerate(dgs):
+        key = entry_key('lyrics_vader', f'{dg} vaderSentiment {version}', cfg)
+        hit = store.get('lyrics_vader', key)
+        if hit and hit[0] == 'ok': fs.lyrics_affect[rows[j]] = hit[1]['x']
+        else: x = lyrics_sentiment(texts[j]); store.put('lyrics_vader', key, {'x': x}); fs.lyrics_affect[rows[j]] = x
     corpus = entry_key('lyrics_lsa', hashlib.sha256(' '.join(sorted(set(dgs))).encode()).hexdigest(), cfg)
     hit = store.get('lyrics_lsa', corpus)
     if hit and hit[0] == 'ok': lsa = dict(zip(hit[1]['digest'].tolist(), hit[1]['x']))

@@ -16,8 +16,11 @@ from mmvae.core import (CLUSTERERS, MLPVAE, RUN_KEYS, active_units, align_labels
                         latent_map, limit_threads, linear_probe, majority_rate, metric_bars, mlp, project_2d, purity, read_assignments,
                         read_latent, latent_files, read_runs, reparameterize, save_figure, seed_everything, setup_plotly,
                         summarize_runs, train_model, training_curves, write_results)
+from mmvae.core import (CHANCE_METRICS, COMPARISON_COLUMNS, NULL_COLUMNS, chance_levels, compare_to_baselines, holm, permuted_tables,
+                        resampled_tables, resamples_for, score_tables, slug)
 
 limit_threads(1)
+METRICS_WITH_CHANCE = ('ami', *NULL_COLUMNS)  # what every run row gains beside the older metrics
 
 
 @pytest.fixture(scope='module')
@@ -232,6 +235,122 @@ def test_evaluate_dbscan_internal_metrics_on_non_noise(blobs):
     assert r['acc'] == pytest.approx(117 / 120) and 'non-noise' in r['note'] and r['noise_frac'] == pytest.approx(3 / 120)
 
 
+
+# --- chance levels, AMI, comparisons with a baseline ------------------------------------------------------------------
+
+def _plain_scores(y, p):
+    from sklearn import metrics as skm
+    return dict(acc=hungarian_accuracy(y, p), nmi=skm.normalized_mutual_info_score(y, p), ami=skm.adjusted_mutual_info_score(y, p),
+                ari=skm.adjusted_rand_score(y, p), purity=purity(y, p))
+
+
+@pytest.mark.parametrize('k', [2, 5, 6, 20])  # fewer clusters than moods, as many, more (every map tried), many more (Hungarian)
+def test_table_metrics_match_the_plain_functions_on_resamples(k):
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 5, 150), rng.integers(-1, k, 150)  # with DBSCAN noise
+    idx = rng.integers(0, 150, (6, 150))
+    got = score_tables(resampled_tables(y, p, idx), np.unique(p))
+    want = pd.DataFrame([_plain_scores(y[i], p[i]) for i in idx])
+    for m in CHANCE_METRICS: np.testing.assert_allclose(got[m], want[m], atol=1e-9, err_msg=m)
+
+
+def test_chance_levels_match_a_brute_force_simulation():
+    "Unequal moods and clusters, some noise: the vectorised null agrees with shuffling the labels and scoring each shuffle."
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 2, 3, 4, 5], [34, 33, 43, 38, 32])  # the real dataset's proportions, 180 songs
+    labels = rng.choice([-1, 0, 1, 2, 3, 4], size=len(y), p=[.05, .35, .2, .2, .1, .1])
+    got = chance_levels(y, labels, n=2000, seed=1)
+    sim = pd.DataFrame([_plain_scores(y, rng.permutation(labels)) for _ in range(1000)])
+    for m in CHANCE_METRICS:
+        assert got[f'{m}_null'] == pytest.approx(sim[m].mean(), abs=0.004), m
+        assert got[f'{m}_null95'] == pytest.approx(sim[m].quantile(.95), abs=0.012), m
+    assert got['acc_null'] > majority_rate(y)  # the chance level of ACC is not the majority rate
+    assert set(got) == set(NULL_COLUMNS) and chance_levels(y, labels, n=2000, seed=1) == got
+
+
+def test_chance_of_a_balanced_partition_of_150_songs():
+    "The issue's numbers: a random balanced 5-way partition of 150 songs scores ACC ≈ 0.28 and NMI ≈ 0.035."
+    y = np.repeat(np.arange(5), 30)
+    got = chance_levels(y, y)
+    assert got['acc_null'] == pytest.approx(0.28, abs=0.01) and got['nmi_null'] == pytest.approx(0.035, abs=0.003)
+    assert abs(got['ami_null']) < 0.003 and abs(got['ari_null']) < 0.003
+
+
+def test_ami_is_zero_at_random_and_one_when_identical(blobs):
+    Z, y = blobs
+    rng = np.random.default_rng(0)
+    ami = [evaluate(Z, rng.integers(0, 4, len(y)), y, chance_draws=0)['ami'] for _ in range(20)]
+    assert abs(np.mean(ami)) < 0.01 and max(map(abs, ami)) < 0.05
+    assert evaluate(Z, y, y)['ami'] == pytest.approx(1.0) and evaluate(Z, 7 - y, y)['ami'] == pytest.approx(1.0)  # relabelled too
+    r = evaluate(Z, y, y)
+    assert r['acc'] > r['acc_null95'] and r['nmi'] > r['nmi_null95'] and abs(r['ami_null']) < 0.01
+
+
+def test_permuted_tables_keep_the_cluster_sizes():
+    y, p = np.repeat([0, 1, 2], 10), np.repeat([-1, 4, 5], [3, 20, 7])
+    t = permuted_tables(y, p, 50)
+    assert (t.sum(1) == [3, 20, 7]).all() and (t.sum(2) == [10, 10, 10]).all()
+
+
+def test_holm_hand_computed():
+    # sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 → raised to 0.06 (monotone)
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.2, np.nan, 0.01]), [0.2, np.nan, 0.02])  # NaN is not in the family
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
+    assert resamples_for(24) == 959 and 2 / (resamples_for(24) + 1) <= 0.05 / 24 < 2 / resamples_for(24)
+
+
+def _planted_study(n=150, seeds=(0, 1, 2)):
+    "Run rows and assignments of a task where 'better' is planted above PCA and 'same' is as good as PCA."
+    ids = [f'{i:03d}' for i in range(n)]
+    truth = pd.Series(np.arange(n) % 5, index=ids)
+    def noisy(keep, seed):
+        r = np.random.default_rng(seed)
+        lab = truth.to_numpy().copy(); flip = r.random(n) > keep
+        lab[flip] = r.integers(0, 5, flip.sum()); return lab
+    plan = {'PCA': ('', .35), 'better': ('PCA', .75), 'same': ('PCA', .35)}
+    runs, asg = [], []
+    for i, (name, (base, keep)) in enumerate(plan.items()):
+        for s in seeds:
+            runs.append(dict(task='easy', representation=slug(name), name=name, clusterer='kmeans', seed=s, baseline=slug(base) if base else ''))
+            asg.append(pd.DataFrame(dict(id=ids, representation=slug(name), clusterer='kmeans', seed=s, label=noisy(keep, 10 * i + s))))
+    return pd.DataFrame(runs), pd.concat(asg, ignore_index=True), truth
+
+
+def test_paired_bootstrap_finds_a_planted_difference_and_not_a_null_one():
+    runs, asg, truth = _planted_study()
+    c = compare_to_baselines(runs, asg, truth)
+    assert list(c) == list(COMPARISON_COLUMNS) and len(c) == 2 * 3 and (c['n_boot'] == 2000).all()
+    better, same = c[c['representation'] == 'better'], c[c['representation'] == 'same']
+    assert better['significant'].all() and (better['ci_low'] > 0).all() and (better['p'] < 0.001).all()
+    assert not same['significant'].any() and ((same['ci_low'] < 0) & (same['ci_high'] > 0)).all()
+    # the difference is the mean over seeds of the per-seed differences on all songs
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+    lab = {(r, s): g['label'].to_numpy() for (r, s), g in asg.groupby(['representation', 'seed'])}
+    want = np.mean([nmi(truth, lab['better', s]) - nmi(truth, lab['pca', s]) for s in range(3)])
+    assert better.set_index('metric').loc['nmi', 'diff'] == pytest.approx(want, abs=1e-12)
+    pd.testing.assert_frame_equal(compare_to_baselines(runs, asg, truth), c)  # same seed, same numbers
+
+
+def test_paired_bootstrap_pairs_only_the_common_seeds_and_songs():
+    runs, asg, truth = _planted_study()
+    drop = (asg['representation'] == 'better') & (asg['seed'] == 2)
+    c = compare_to_baselines(runs, asg[~drop & (asg['id'] != '000')], truth, n_boot=200)
+    assert c.set_index('representation').loc['better', 'seeds'].tolist() == [2] * 3 and (c['songs'] == 149).all()
+    assert compare_to_baselines(runs.assign(baseline=''), asg, truth).empty  # no baseline named: no comparison
+
+
+def test_write_results_checks_the_baseline(blobs, tmp_path):
+    Z, y = blobs
+    ids = [f'{i:03d}' for i in range(len(Z))]
+    pca, lab = cluster_runs(Z, y, ids, methods=('kmeans',), k=4, task='easy', name='PCA')
+    vae, lab2 = cluster_runs(Z, y, ids, methods=('kmeans',), k=4, task='easy', name='VAE', baseline='PCA (audio)')
+    with pytest.raises(ValueError, match=r"unknown baseline 'pca_audio' of 'vae': not a representation of the easy task \(pca, vae\)"):
+        write_results(tmp_path, 'easy', pca + vae, pd.concat([lab, lab2]))
+    vae = [r | dict(baseline='pca') for r in vae]
+    write_results(tmp_path, 'easy', pca + vae, pd.concat([lab, lab2]))
+    assert read_runs(tmp_path).set_index('representation')['baseline'].to_dict() == {'pca': '', 'vae': 'pca'}
+
 @pytest.mark.parametrize('method', ['kmeans', 'agglomerative', 'gmm', 'dbscan'])
 def test_cluster_recovers_blobs(blobs, method):
     Z, y = blobs
@@ -372,6 +491,7 @@ def test_result_contract_round_trip(blobs, tmp_path):
     rows, lab = cluster_runs(Z, y, ids, seed=1, k=4, task='hard', name='β-VAE (β=4)', probe_f1=0.25)
     assert [r['clusterer'] for r in rows] == list(CLUSTERERS) and tuple(rows[0])[:5] == RUN_KEYS
     assert {r['representation'] for r in rows} == {'beta_vae_beta_4'} and {r['name'] for r in rows} == {'β-VAE (β=4)'}
+    assert {r['baseline'] for r in rows} == {''} and {*METRICS_WITH_CHANCE} <= set(rows[0])
     assert len(lab) == len(CLUSTERERS) * len(Z) and set(lab.columns) == {'id', 'representation', 'clusterer', 'seed', 'label'}
     files = write_results(tmp_path, 'hard', rows, lab, {'beta_vae_beta_4': (ids, Z)})
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
@@ -396,7 +516,7 @@ def test_figures(blobs, tmp_path):
     labels = cluster(Z, 'dbscan')[0]
     fig = latent_map(Z, {'mood': y, 'DBSCAN': labels}, method='pca', hover=[str(i) for i in range(len(Z))])
     names = [t.name for t in fig.data]
-    assert names[:4] == ['mood 1', 'mood 2', 'mood 3', 'mood 4'] and ('noise' in names) == bool((labels == -1).any())
+    assert names[:4] == ['1 passionate', '2 cheerful', '3 wistful', '4 humorous'] and ('noise' in names) == bool((labels == -1).any())
     assert sum(len(t.x) for t in fig.data) == 2 * len(Z)
     h = train_model(MLPVAE(3, 2, (8,)), {'x': Z.astype(np.float32)}, TrainConfig(epochs=3), progress=False)
     fig = training_curves({'a': h, 'b': h})
@@ -409,6 +529,7 @@ def test_figures(blobs, tmp_path):
     fig = confusion(y, (y % 4) + 10)
     M = np.asarray(fig.data[0].z)
     assert (M == np.diag(np.diag(M))).all() and M.trace() == len(y)
+    assert fig.data[0].y[0] == '1 passionate' and fig.layout.width is None and fig.layout.meta['png_width'] > 0  # fits the column
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         files = save_figure(fig, tmp_path/'figs'/'confusion')

@@ -12,13 +12,14 @@ import mido
 import numpy as np
 import pretty_midi
 import pytest
+import soundfile as sf
 
 import mmvae.features as F
 from conftest import REAL, needs_real
 from mmvae.data import load_manifest, make_demo_dataset, manifest_skipped, read_lyrics
 from mmvae.features import FeatureConfig, build_features, clean_lyrics
 CFG = FeatureConfig(duration=2.0, lsa_dim=8)
-MATRICES = ('audio', 'mel', 'lyrics_lsa', 'lyrics_emb', 'midi')
+MATRICES = ('audio', 'mel', 'audio_affect', 'lyrics_lsa', 'lyrics_emb', 'lyrics_affect', 'midi')
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +60,8 @@ def test_shapes_and_masks(manifest, built):
     for m in ('audio', 'lyrics', 'midi'):  # every demo file is readable
         np.testing.assert_array_equal(fs.mask[m], manifest[f'{m}_path'].notna().to_numpy())
     assert 0 < fs.mask['midi'].sum() < n and 0 < fs.mask['lyrics'].sum()
-    for name, m in (('audio', 'audio'), ('mel', 'audio'), ('lyrics_emb', 'lyrics'), ('lyrics_lsa', 'lyrics'), ('midi', 'midi')):
+    for name, m in (('audio', 'audio'), ('mel', 'audio'), ('audio_affect', 'audio'), ('lyrics_emb', 'lyrics'), ('lyrics_lsa', 'lyrics'),
+                    ('lyrics_affect', 'lyrics'), ('midi', 'midi')):
         x = getattr(fs, name)
         assert np.isfinite(x).all() and not x[~fs.mask[m]].any() and x[fs.mask[m]].any()
     np.testing.assert_allclose(np.linalg.norm(fs.lyrics_emb[fs.mask['lyrics']], axis=1), 1, atol=1e-5)
@@ -69,7 +71,7 @@ def test_shapes_and_masks(manifest, built):
 
 def test_rerun_hits_the_cache(manifest, built, monkeypatch):
     cache, first = built
-    for name in ('extract_audio', 'extract_midi', 'lyrics_embeddings', 'lyrics_lsa', '_run_task'):
+    for name in ('extract_audio', 'extract_midi', 'lyrics_embeddings', 'lyrics_lsa', 'lyrics_sentiment', '_run_task'):
         monkeypatch.setattr(F, name, _boom)
     again = build_features(manifest, cache_dir=cache, config=CFG, progress=False)  # default n_jobs: no pool needed
     _same(first, again)
@@ -87,10 +89,11 @@ def test_changed_parameter_recomputes_only_what_it_affects(manifest, built, monk
     assert not np.array_equal(fs.audio, first.audio)
     np.testing.assert_array_equal(fs.midi, first.midi)
     monkeypatch.undo()  # LSA size: only the corpus-wide LSA is recomputed
-    for name in ('extract_audio', 'extract_midi', 'lyrics_embeddings'): monkeypatch.setattr(F, name, _boom)
+    for name in ('extract_audio', 'extract_midi', 'lyrics_embeddings', 'lyrics_sentiment'): monkeypatch.setattr(F, name, _boom)
     fs = build_features(manifest, cache_dir=cache, config=replace(CFG, lsa_dim=4), n_jobs=1, progress=False)
     assert fs.lyrics_lsa.shape[1] == 4
     np.testing.assert_array_equal(fs.lyrics_emb, first.lyrics_emb)
+    np.testing.assert_array_equal(fs.lyrics_affect, first.lyrics_affect)
 
 
 def test_interrupted_run_resumes(manifest, tmp_path, monkeypatch):
@@ -181,7 +184,7 @@ def test_clean_lyrics_strips_repeat_marks_only_at_line_end(line, cleaned):
 def test_bumping_an_extractor_version_invalidates_only_its_entries(monkeypatch):
     keys = {e: F.entry_key(e, 'abc', CFG) for e in F.EXTRACTOR_VERSION}
     monkeypatch.setitem(F.EXTRACTOR_VERSION, 'lyrics_emb', F.EXTRACTOR_VERSION['lyrics_emb'] + 1)
-    assert {e: F.entry_key(e, 'abc', CFG) != k for e, k in keys.items()} == {'audio': False, 'lyrics_lsa': False, 'lyrics_emb': True, 'midi': False}
+    assert {e: F.entry_key(e, 'abc', CFG) != k for e, k in keys.items()} == {e: e == 'lyrics_emb' for e in F.EXTRACTOR_VERSION}
 
 
 def test_text_model_device():
@@ -268,6 +271,12 @@ def test_real_subset_audio_and_midi(tmp_path):
     assert np.isfinite(fs.audio).all() and np.isfinite(fs.mel).all() and np.isfinite(fs.midi).all()
     tempo = fs.audio[fs.mask['audio'], fs.audio_names.index('tempo')]
     assert ((tempo >= 30) & (tempo <= 320)).all()
+    a = dict(zip(fs.audio_affect_names, fs.audio_affect[fs.mask['audio']].T))
+    assert np.isfinite(fs.audio_affect).all()
+    np.testing.assert_allclose(sum(a[f'tonal_{i}'] for i in F.INTERVALS), 1, atol=1e-4)
+    assert (np.abs(a['mode_strength']) <= 2).all() and (a['mode_strength'] > 0).any() and (a['mode_strength'] < 0).any()
+    assert ((a['pulse_clarity'] >= 0) & (a['pulse_clarity'] <= 1)).all() and (a['loudness_range'] >= 0).all()
+    assert ((a['onset_density'] > 0) & (a['onset_density'] < 15)).all()
 
 
 @needs_real
@@ -281,6 +290,8 @@ def test_real_subset_lyrics(tmp_path):
     fs = build_features(part, cache_dir=tmp_path, progress=False, modalities=('lyrics',))
     assert fs.mask['lyrics'].all() and len(fs.skipped) == 0
     np.testing.assert_allclose(np.linalg.norm(fs.lyrics_emb, axis=1), 1, atol=1e-5)
+    compound = fs.lyrics_affect[:, fs.lyrics_affect_names.index('vader_compound')]
+    assert (np.abs(compound) <= 1).all() and (compound > 0).any() and (compound < 0).any()
 
 
 # --- every bad input listed once: the manifest's skipped items come first (issues 12, 17) ---
@@ -544,3 +555,179 @@ def test_workers_extract_what_a_notebook_defines(demo, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     skipped, with_audio = map(int, r.stdout.split())
     assert skipped == len(manifest_skipped(load_manifest(demo))) and with_audio == 10, r.stderr[-2000:]
+
+
+# --- affect features (issue 14): known answers ---
+
+def _wav(path, y, sr=22050) -> Path:
+    sf.write(str(path), y, sr)
+    return Path(path)
+
+
+def _chords(chords, shift=0, sr=22050, seconds=1.0, repeats=3):
+    "A progression of sine chords (MIDI pitches), each `seconds` long, transposed by `shift` semitones."
+    t = np.arange(int(sr * seconds)) / sr
+    one = [sum(np.sin(2 * np.pi * 440 * 2 ** ((p + shift - 69) / 12) * t) for p in ch) for ch in chords]
+    return (0.1 * np.concatenate(one * repeats)).astype(np.float32)
+
+
+C_MAJOR = [[72, 76, 79], [72, 77, 81], [71, 74, 79], [72, 76, 79]]  # I IV V I: C F G C
+A_MINOR = [[69, 72, 76], [69, 74, 77], [71, 76, 79], [69, 72, 76]]  # i iv v i: Am Dm Em Am
+AFFECT_CFG = FeatureConfig(duration=12.0)
+
+
+def _affect(tmp_path, y, name='clip.wav', config=AFFECT_CFG) -> dict:
+    "The affect descriptors of `y`, through the extractor (written to a WAV file, decoded, analysed)."
+    out = F.extract_audio(_wav(tmp_path/name, y), config)
+    return dict(zip(F.AUDIO_AFFECT_NAMES, out['affect']))
+
+
+def _profile(a) -> np.ndarray: return np.array([a[f'tonal_{i}'] for i in F.INTERVALS])
+
+
+def test_affect_names_match_the_vector(tmp_path):
+    out = F.extract_audio(_wav(tmp_path/'c.wav', _chords(C_MAJOR)), AFFECT_CFG)
+    assert out['affect'].shape == (len(F.AUDIO_AFFECT_NAMES),) and out['affect'].dtype == np.float32
+    assert len(set(F.AUDIO_AFFECT_NAMES)) == len(F.AUDIO_AFFECT_NAMES)
+    assert set(out) == {'summary', 'mel', 'affect'}
+
+
+@pytest.mark.parametrize('chords, sign, third', [(C_MAJOR, 1, 4), (A_MINOR, -1, 3)])
+def test_mode_strength_and_tonal_profile_of_major_and_minor_progressions(tmp_path, chords, sign, third):
+    a = _affect(tmp_path, _chords(chords))
+    assert np.sign(a['mode_strength']) == sign and abs(a['mode_strength']) > 0.1
+    p = _profile(a)
+    assert set(np.argsort(p)[-3:]) == {0, third, 7}  # tonic, third, fifth
+    np.testing.assert_allclose(p.sum(), 1, atol=1e-5)
+
+
+def test_estimated_tonic_of_the_progressions():
+    chroma = lambda y: F.audio_features(y, keep=True)['frames'][:, 40:52].mean(0)  # the chroma means of the frame table
+    assert F.estimate_key(chroma(_chords(C_MAJOR)))[:2] == (0, 1)  # C major
+    assert F.estimate_key(chroma(_chords(A_MINOR)))[:2] == (9, 0)  # A minor
+
+
+@pytest.mark.parametrize('chords', [C_MAJOR, A_MINOR])
+@pytest.mark.parametrize('shift', [-3, 2, 5])
+def test_tonal_profile_is_invariant_to_transposition(tmp_path, chords, shift):
+    base, moved = _affect(tmp_path, _chords(chords), 'a.wav'), _affect(tmp_path, _chords(chords, shift), 'b.wav')
+    np.testing.assert_allclose(_profile(moved), _profile(base), atol=0.02)
+    assert np.sign(moved['mode_strength']) == np.sign(base['mode_strength'])
+
+
+def test_key_mode_of_the_midi_descriptors_is_the_shared_estimate():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        h = rng.random(12) * (rng.random(12) > 0.3)
+        tonic, major, margin, clarity = F.estimate_key(h)
+        assert F.key_mode(h) == (major, margin)
+        r = F.key_correlations(h)
+        assert clarity == r.max() and margin == r[0].max() - r[1].max() and r[1 - major, tonic] == r.max()
+
+
+@pytest.mark.parametrize('rate', [2, 4])
+def test_click_train_onset_density_and_pulse_clarity(tmp_path, rate):
+    sr, y = 22050, np.zeros(22050 * 12, np.float32)
+    y[sr // (2 * rate)::sr // rate] = 0.8  # `rate` clicks a second, the first half a period in
+    noise = (0.1 * np.random.default_rng(0).standard_normal(len(y))).astype(np.float32)
+    clicks, hiss = _affect(tmp_path, y, 'clicks.wav'), _affect(tmp_path, noise, 'noise.wav')
+    assert abs(clicks['onset_density'] - rate) < 0.1
+    assert clicks['pulse_clarity'] > 0.8 and hiss['pulse_clarity'] < 0.3
+
+
+def test_steady_tone_has_no_pulse_or_onsets(tmp_path):
+    t = np.arange(22050 * 12) / 22050
+    a = _affect(tmp_path, (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    assert a['pulse_clarity'] == 0 and a['onset_density'] < 0.2 and abs(a['loudness_range']) < 0.1
+
+
+@pytest.mark.parametrize('step_db', [6.0, 12.0])
+def test_loudness_range_of_a_level_step(tmp_path, step_db):
+    t = np.arange(22050 * 12) / 22050
+    y = 0.05 * np.sin(2 * np.pi * 440 * t) * np.where(t < 6, 1, 10 ** (step_db / 20))
+    assert abs(_affect(tmp_path, y.astype(np.float32))['loudness_range'] - step_db) < 0.2
+
+
+def test_loudness_range_ignores_the_padding_of_a_short_clip(tmp_path):
+    t = np.arange(22050 * 4) / 22050  # 4 s of a steady tone, padded to the 12 s analysed
+    assert abs(_affect(tmp_path, (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))['loudness_range']) < 0.1
+
+
+def test_affect_of_silence_is_defined(tmp_path):
+    out = F.audio_features(np.zeros(22050 * 3, np.float32))
+    assert np.isfinite(out['affect']).all() and not out['affect'].any()
+
+
+def test_bumped_audio_version_leaves_old_entries_unused():
+    assert F.EXTRACTOR_VERSION['audio'] >= 3 and 'lyrics_vader' in F.EXTRACTOR_VERSION and F.CONFIG_FIELDS['lyrics_vader'] == ()
+
+
+# --- lyrics sentiment (VADER) ---
+
+def _vader(text) -> dict: return dict(zip(F.LYRICS_AFFECT_NAMES, F.lyrics_sentiment(text)))
+
+
+def test_vader_ships_its_lexicon_under_the_mit_licence():
+    from importlib import metadata
+    import vaderSentiment
+    folder = Path(vaderSentiment.__file__).parent
+    assert (folder/'vader_lexicon.txt').stat().st_size > 100_000
+    assert 'MIT' in metadata.metadata('vaderSentiment')['License']
+    assert F.vader_version() == metadata.version('vaderSentiment')
+
+
+@pytest.mark.parametrize('text', ['I love you, you make me so happy', 'What a wonderful, beautiful day\nSmile, we are free'])
+def test_vader_positive_text(text):
+    assert _vader(text)['vader_compound'] > 0.3 and _vader(text)['vader_pos'] > _vader(text)['vader_neg']
+
+
+@pytest.mark.parametrize('text', ['I hate this lonely pain', 'Tears and sorrow\nI want to die, it hurts'])
+def test_vader_negative_text(text):
+    assert _vader(text)['vader_compound'] < -0.3 and _vader(text)['vader_neg'] > _vader(text)['vader_pos']
+
+
+@pytest.mark.parametrize('word', ['good', 'happy', 'love it'])
+def test_vader_negation_flips(word):
+    assert _vader(word)['vader_compound'] > 0 > _vader(f'not {word}')['vader_compound']
+
+
+def test_vader_averages_lines():
+    a, b, both = _vader('I love you so much'), _vader('I hate you so much'), _vader('I love you so much\nI hate you so much')
+    np.testing.assert_allclose(both['vader_compound'], (a['vader_compound'] + b['vader_compound']) / 2, atol=1e-6)
+    assert (both['vader_positive_lines'], both['vader_negative_lines']) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize('text', ['', None, '\n\n  \n', '... !!! ???', '123 456', 'la la la', '\u263a \u00f1\u00f3 \u4f60\u597d', 'x' * 100_000])
+def test_vader_odd_text_is_defined(text):
+    v = F.lyrics_sentiment(text)
+    assert v.shape == (len(F.LYRICS_AFFECT_NAMES),) and v.dtype == np.float32 and np.isfinite(v).all()
+    assert -1 <= v[0] <= 1
+
+
+def test_lyrics_affect_in_the_store_and_the_mask(demo, tmp_path, monkeypatch):
+    bad = Path(shutil.copytree(demo, tmp_path/'dataset'))
+    m = load_manifest(bad)
+    paths = m['lyrics_path'].dropna()
+    empty, odd, happy = (Path(p) for p in paths.iloc[:3])
+    empty.write_text('[Chorus]\n(Repeat x2)\n', encoding='utf-8')  # nothing left after cleaning
+    odd.write_text('... !!! 123\n\u263a', encoding='utf-8')  # text, but no words VADER knows
+    happy.write_text('I love you, you make me so happy\nWhat a wonderful day', encoding='utf-8')
+    with pytest.warns(UserWarning, match='1 input'):
+        fs = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
+    row = {Path(p): i for i, p in enumerate(m['lyrics_path']) if isinstance(p, str)}
+    assert not fs.mask['lyrics'][row[empty]] and not fs.lyrics_affect[row[empty]].any()
+    assert empty.name in fs.skipped['reason'].iloc[0]
+    assert fs.mask['lyrics'][row[odd]] and fs.lyrics_affect[row[odd], 3] == 0  # present; nothing negative
+    assert fs.lyrics_affect[row[happy], 0] > 0.5
+    assert not fs.lyrics_affect[~fs.mask['lyrics']].any() and fs.lyrics_affect_names == F.LYRICS_AFFECT_NAMES
+    assert len(list((tmp_path/'cache'/'features'/'lyrics_vader').glob('*.npz'))) == fs.mask['lyrics'].sum()
+    monkeypatch.setattr(F, 'lyrics_sentiment', _boom)  # a rerun reads them from the store
+    with pytest.warns(UserWarning, match='1 input'):
+        again = build_features(m, cache_dir=tmp_path/'cache', config=CFG, n_jobs=1, progress=False, modalities=('lyrics',))
+    np.testing.assert_array_equal(again.lyrics_affect, fs.lyrics_affect)
+
+
+def test_describe_lists_the_affect_matrices(built):
+    d = built[1].describe()
+    assert d.loc['audio_affect', 'modality'] == 'audio' and d.loc['lyrics_affect', 'modality'] == 'lyrics'
+    assert d.loc['audio_affect', 'present'] == d.loc['audio', 'present']

@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 from conftest import TOP
-from mmvae.analysis import NOTEBOOKS, ReproduceError, explorer, main, notebooks_dir, reproduce
-from mmvae.core import TASK_DIRS, cluster_runs, latent_files, read_assignments, read_runs, slug, summarize_runs, write_results
+from mmvae.analysis import NOTEBOOKS, ReproduceError, compare_study, explorer, main, notebooks_dir, reproduce
+from mmvae.core import COMPARISON_COLUMNS, TASK_DIRS, baseline_pairs, cluster_runs, latent_files, read_assignments, read_runs, slug, summarize_runs, write_results
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 STUDY_KEYS = ['task', 'representation', 'name', 'clusterer']  # the study table's groups (05)
@@ -46,7 +46,7 @@ def test_cli_runs_every_notebook(tiny_run):
 
 
 def test_every_task_writes_the_result_contract(tiny_run):
-    "Each task's runs, assignments and latents are read back through mmvae.core; 05's study table and significance cover every task."
+    "Each task's runs, assignments and latents are read back through mmvae.core; 05's study table covers every task, its comparisons every baseline."
     out, _, _ = tiny_run
     res = out/'results'
     runs = read_runs(res)
@@ -58,8 +58,10 @@ def test_every_task_writes_the_result_contract(tiny_run):
     assert {t for t, _ in latent_files(res)} == set(TASK_DIRS)
     assert {(t, r) for t, r in latent_files(res)} <= set(zip(runs['task'], runs['representation']))
     assert (res/'summary.csv').read_text() == summarize_runs(runs, STUDY_KEYS).to_csv(index=False)  # 05's table, from the runs alone
-    sig = pd.read_csv(res/'significance.csv')
-    assert set(sig['task']) == set(TASK_DIRS) and not ((sig['representation'] == 'pca') & (sig['clusterer'] == 'kmeans')).any()
+    comparisons = pd.read_csv(res/'comparisons.csv', dtype={'representation': str, 'baseline': str})
+    assert list(comparisons) == list(COMPARISON_COLUMNS)
+    pairs = baseline_pairs(runs)  # every representation that names a baseline, under every clusterer, is compared with it
+    assert set(zip(comparisons['task'], comparisons['representation'], comparisons['baseline'], comparisons['clusterer'])) == set(pairs.itertuples(index=False, name=None))
 
 
 def test_explorer_offers_every_saved_space(tiny_run):
@@ -272,11 +274,13 @@ def synthetic_results(tmp_path_factory):
         for name in names:
             Z = rng.normal(size=(len(ids), 3))
             for seed in (0, 1):
-                rows, a = cluster_runs(Z, y, ids, seed, methods=('kmeans', 'gmm'), task=task, name=name, probe_f1=.2 + seed / 10)
+                rows, a = cluster_runs(Z, y, ids, seed, methods=('kmeans', 'gmm'), task=task, name=name, baseline='' if name == 'PCA' else 'PCA',
+                                       probe_f1=.2 + seed / 10)
                 runs += rows; assigned.append(a)
             latents[slug(name)] = (ids, Z)
         write_results(tmp/'results', task, runs, pd.concat(assigned, ignore_index=True), latents)
     summarize_runs(read_runs(tmp/'results'), STUDY_KEYS).to_csv(tmp/'results'/'summary.csv', index=False)  # as 05 writes it
+    compare_study(tmp/'results', manifest.set_index('id')['cluster'])  # comparisons.csv, as 05 writes it
     return tmp/'results', manifest
 
 
@@ -305,21 +309,27 @@ def test_explorer(synthetic_results, tmp_path):
 
 
 def test_results_md(synthetic_results):
-    "tools/results_md.py: the README's table, one row per task and representation (K-Means), display names, mean ± std."
+    "tools/results_md.py: the README's table (one row per task and representation, K-Means, mean ± std, the chance level beside each metric), then the corrected comparisons."
     results, _ = synthetic_results
     r = subprocess.run([sys.executable, str(TOP/'tools'/'results_md.py'), str(results)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
-    assert lines[:2] == ['| task | representation | ACC | NMI | ARI | probe macro-F1 |', '|---|---|---|---|---|---|']
-    assert [l.split(' | ')[:2] for l in lines[2:]] == [['| easy', 'PCA'], ['| easy', 'VAE'], ['| hard', 'PCA'], ['| hard', 'tri-modal VAE']]
+    table, rest = lines[:lines.index('')], lines[lines.index('') + 1:]
+    assert table[:2] == ['| task | representation | ACC | ACC chance | NMI | NMI chance | AMI | AMI chance | ARI | ARI chance | probe macro-F1 |',
+                         '|' + '---|' * 11]
+    assert [l.split(' | ')[:2] for l in table[2:]] == [['| easy', 'PCA'], ['| easy', 'VAE'], ['| hard', 'PCA'], ['| hard', 'tri-modal VAE']]
     s = pd.read_csv(results/'summary.csv').query("clusterer == 'kmeans'")
-    assert lines[2].split(' | ')[2] == f"{s['acc_mean'].iloc[0]:.3f} ± {s['acc_std'].iloc[0]:.3f}"
-    assert all(l.split(' | ')[5] == '0.250 ± 0.071 |' for l in lines[2:])  # the probe of seeds 0 and 1: 0.2, 0.3
+    assert table[2].split(' | ')[2:4] == [f"{s['acc_mean'].iloc[0]:.3f} ± {s['acc_std'].iloc[0]:.3f}",
+                                          f"{s['acc_null_mean'].iloc[0]:.3f} (95th {s['acc_null95_mean'].iloc[0]:.3f})"]
+    assert all(l.split(' | ')[10] == '0.250 ± 0.071 |' for l in table[2:])  # the probe of seeds 0 and 1: 0.2, 0.3
+    c = pd.read_csv(results/'comparisons.csv')
+    assert len(c) == 2 * 2 * 3 and rest[0].startswith('12 comparisons (4 representation × clusterer pairs × 3 metrics: NMI, AMI, ACC) form one family')
+    assert rest[-len(c) - 2].startswith('| task | representation | baseline | clusterer | metric |') and len(rest[-len(c):]) == len(c)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason='chromium not installed')
 def test_docs_preview_in_browser(tiny_run, tmp_path):
-    "Every preview page loads, every plotly figure draws (with plotly.js embedded, offline), and the browser logs no error."
+    "Every preview page loads offline with a title and navigation, shows no directive or attribute residue and no raw LaTeX, draws every figure within the column, and logs no error."
     from playwright.sync_api import sync_playwright
     out, _, _ = tiny_run
     site = tmp_path/'site'
@@ -327,28 +337,42 @@ def test_docs_preview_in_browser(tiny_run, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     pages = sorted(site.glob('*.html'))
-    assert {p.stem for p in pages} >= {'index', 'home', *NOTEBOOKS}
+    assert {p.stem for p in pages} == {'index', *NOTEBOOKS}
+    assert (site/'plotly.min.js').is_file() and not any('* plotly.js v' in p.read_text() for p in pages)  # plotly.js once per site
     external = []
-    def stub(route):  # this machine is offline: the page template's CDN scripts (require.js, MathJax, the widget manager) are answered empty
-        external.append(route.request.url)
-        route.fulfill(status=200, body='', content_type='application/javascript')
     flags = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
              '--disable-sync', '--no-first-run']
+    math_done = "() => !window.MathJax || !MathJax.Hub || (MathJax.Hub.queue.pending === 0 && MathJax.Hub.queue.running === 0)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         for page_file in pages:
-            page, errors = browser.new_page(), []
-            page.route(re.compile(r'^https?://'), stub)
-            page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+            page, errors, missing = browser.new_page(viewport={'width': 1290, 'height': 900}), [], []
+            page.route(re.compile(r'^https?://'), lambda route: (external.append(route.request.url), route.abort()))
+            # MathJax 2 probes font loading with a blank font at about:blank, which Chromium reports as a CORS error;
+            # a file that fails to load is reported by its address (below), so the console's address-less line is left out
+            # (MathJax also probes for TeX fonts installed with it, which the bundled copy leaves out: it then uses STIX-Web)
+            page.on('requestfailed', lambda r: missing.append(r.url) if r.url.startswith('file:') and '/fonts/HTML-CSS/TeX/' not in r.url else None)
+            page.on('console', lambda m: errors.append(m.text) if m.type == 'error' and 'about:blank' not in m.text
+                    and not m.text.startswith('Failed to load resource') else None)
             page.on('pageerror', lambda e: errors.append(str(e)))
             page.goto(page_file.as_uri(), wait_until='load')
+            page.wait_for_function(math_done, timeout=30_000)
             page.wait_for_timeout(300)
-            assert page.title() or page_file.stem == 'home'
+            name = page_file.name
+            assert page.title().endswith('– mmvae') and page.locator('h1').count() >= 1, name
+            assert page.locator('nav.mmvae-nav a').count() == len(pages), name
+            text = page.inner_text('body')
+            for residue in ('#|', '{target=', 'source{', ':::'):
+                assert residue not in text, f'{name}: {residue!r} shows on the page'
+            assert not re.search(r'\$[^$\n]{1,200}\$', text), f'{name}: raw LaTeX {re.search(r"[$][^$]{1,60}", text)[0]!r}'
             divs = page.locator('.plotly-graph-div').count()
             drawn = page.locator('.plotly-graph-div:has(.main-svg)').count()
-            assert drawn == divs, f'{page_file.name}: {divs - drawn} of {divs} plotly figures did not draw'
-            assert not errors, f'{page_file.name}: console errors {errors[:3]}'
+            assert drawn == divs, f'{name}: {divs - drawn} of {divs} plotly figures did not draw'
+            column = page.evaluate("document.querySelector('.jp-Cell-outputArea, .jp-OutputArea').getBoundingClientRect().width") if divs else 0
+            wide = page.evaluate("[...document.querySelectorAll('.plotly-graph-div')].map(d => Math.round(d.getBoundingClientRect().width))")
+            assert all(w <= column + 1 for w in wide), f'{name}: figures wider than the column ({column:.0f} px): {sorted(set(wide))[-3:]}'
+            assert not errors and not missing, f'{name}: console errors {errors[:3]}, files not found {missing[:3]}'
             page.close()
         browser.close()
     assert any(page_file.read_text().count('plotly-graph-div') for page_file in pages)  # figures were there to check
-    assert {u.split('/')[2] for u in external} <= {'cdnjs.cloudflare.com', 'unpkg.com'}  # plotly.js is embedded: figures need no network
+    assert not external, f'the pages asked the network for {sorted(set(external))[:3]}'

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 import mmvae.core as core
-from mmvae.core import (RUN_KEYS, VAE, MLPVAE, ModelCache, TrainConfig, TrainJob, embed, mlp, read_runs, seed_everything, seeded,
-                        slug, train_model)
-from mmvae.variants import (AE, CVAE, OWN_PRIOR, HardInputs, TriModalVAE, VaDE, condition_labels, cross_modal_shift, fit_vade,
-                            hard_baselines, hard_jobs, hard_table, hard_verdicts, hide, modality_data, one_hot, robustness_summary,
-                            run_hard, vade_assign, write_hard)
+from mmvae.core import (RUN_KEYS, VAE, MLPVAE, ModelCache, TrainConfig, TrainJob, embed, gaussian_kl, hungarian_accuracy, mlp, read_runs,
+                        seed_everything, seeded, slug, train_model)
+from mmvae.variants import (AE, CVAE, OWN_PRIOR, HardInputs, MoPoE, TriModalVAE, VaDE, balanced_concat, baseline_name, best_gmm,
+                            block_names, condition_labels, cross_modal_shift, fit_vade, hard_baselines, hard_jobs, hard_table, hard_verdicts,
+                            hide, modality_data, modality_patterns, modality_subsets, one_hot, pattern_scores, pattern_summary, pattern_table,
+                            robustness_summary, run_hard, vade_assign, write_hard)
 
 DIMS = {'audio': 6, 'lyrics': 10, 'midi': 4}
 
@@ -122,6 +123,107 @@ def test_tri_modal_trains_and_embeds_every_song():
     assert Z.shape == (40, 3) and np.isfinite(Z).all()
 
 
+# --- MoPoE: mixture of products of experts over the subsets of the present modalities ------------------
+
+def _mopoe(seed=0, **kw):
+    with seeded(seed): return MoPoE(DIMS, latent_dim=3, hidden=(8, 4), **kw)
+
+
+def test_modality_subsets():
+    s = modality_subsets(3)
+    assert s.shape == (7, 3) and s.dtype == torch.bool and len({tuple(r.tolist()) for r in s}) == 7 and s.any(1).all()
+
+
+def test_mopoe_subsets_are_those_of_the_present_modalities():
+    has = _mopoe().subset_posteriors(**_batch(4, [1, 0, 1, 0], [1, 1, 0, 0]))[2]
+    assert has.sum(1).tolist() == [7, 3, 3, 1]  # all three; audio+midi; audio+lyrics; audio alone
+    assert has[:, 0].all()  # the audio expert alone is every song's subset
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_mopoe_absent_modality_gets_no_gradient(training):
+    model = _mopoe().train(training)
+    model(**_batch(3, [1, 0, 1], [0, 0, 0])).loss.backward()  # MIDI absent everywhere
+    for name, p in model.experts['midi'].named_parameters():  # its encoder (expert) and its decoder
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+    for part in ('encoder', 'decoder'):
+        assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in getattr(model.experts['lyrics'], part).parameters())
+
+
+def test_mopoe_absent_rows_give_no_gradient():
+    "One song lacks lyrics: its lyrics input, whatever it holds, sends no gradient anywhere, and the loss ignores it."
+    model, b = _mopoe().eval(), _batch(3, [1, 0, 1], [1, 1, 1])
+    b['lyrics'] = b['lyrics'].clone().requires_grad_(True)
+    model(**b).loss.backward()
+    assert torch.count_nonzero(b['lyrics'].grad[1]) == 0 and torch.count_nonzero(b['lyrics'].grad[0]) > 0
+
+
+def test_mopoe_code_ignores_the_batch_and_absent_inputs():
+    model, b = _mopoe().eval(), _batch(9, [1, 0, 1, 1, 0, 0, 1, 0, 1], [1, 0, 0, 1, 1, 0, 0, 0, 1])
+    with torch.no_grad():
+        code = model.encode(**b)[0]
+        alone = torch.cat([model.encode(**{k: v[i:i + 1] for k, v in b.items()})[0] for i in range(9)])
+        torch.testing.assert_close(alone, code, rtol=0, atol=1e-6)  # a batch of one
+        perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(model.encode(**{k: v[perm] for k, v in b.items()})[0], code[perm], rtol=0, atol=1e-6)  # shuffled
+        garbage = b | {'lyrics': torch.where(b['lyrics_mask'][:, None], b['lyrics'], torch.full_like(b['lyrics'], 1e6)),
+                       'midi': torch.where(b['midi_mask'][:, None], b['midi'], torch.full_like(b['midi'], float('nan')))}
+        assert torch.equal(model.encode(**garbage)[0], code)  # absent inputs never reach a network
+        assert torch.equal(model(**garbage).loss, model(**b).loss)
+    data = {k: v.numpy() for k, v in b.items()}
+    np.testing.assert_allclose(embed(model, data, batch_size=4), code.numpy(), rtol=0, atol=1e-6)
+
+
+def test_mopoe_code_is_the_mixture_mean():
+    "The code is the average of the song's subset means; with audio alone it is the audio expert times the prior (the tri-modal VAE's code)."
+    model, b = _mopoe().eval(), _batch(4, [1, 0, 1, 0], [1, 0, 0, 1])
+    with torch.no_grad():
+        mus, logvars, has = model.subset_posteriors(**b)
+        mu, logvar = model.encode(**b)
+        for i in range(4):
+            torch.testing.assert_close(mu[i], mus[has[i], i].mean(0))
+            var = (logvars[has[i], i].exp() + mus[has[i], i] ** 2).mean(0) - mu[i] ** 2
+            torch.testing.assert_close(logvar[i].exp(), var)
+        tri = _tri().eval()  # the same seed: the same experts
+        only_audio = b | {'lyrics_mask': torch.zeros(4, dtype=torch.bool), 'midi_mask': torch.zeros(4, dtype=torch.bool)}
+        torch.testing.assert_close(model.encode(**only_audio)[0], tri.encode(**only_audio)[0])
+
+
+def test_mopoe_elbo_samples_one_subset_and_evaluates_the_expectation():
+    model, b = _mopoe(), _batch(5, [1, 1, 0, 1, 0], [1, 0, 0, 1, 1])
+    with torch.no_grad():
+        model.eval()
+        mus, logvars, has = model.subset_posteriors(**b)
+        w = has / has.sum(1, keepdim=True)
+        per = torch.stack([model.recon(model.decode(m), **b)[0] + gaussian_kl(m, lv) for m, lv in zip(mus, logvars)], 1)
+        torch.testing.assert_close(model(**b).loss, (w * per).sum(1).mean())  # evaluation: the expectation over each song's subsets
+        assert float(model(**b).loss) == float(model(**b).loss)  # deterministic
+        model.train()
+        with seeded(1): a = float(model(**b).loss)
+        with seeded(1): assert float(model(**b).loss) == a  # training draws: reproducible under a seed
+        with seeded(2): assert float(model(**b).loss) != a
+
+
+def test_mopoe_song_without_modalities_is_the_prior():
+    model = _mopoe().eval()
+    b = _batch(2, [0, 0], [0, 0]) | {'audio_mask': torch.tensor([False, True])}
+    with torch.no_grad(): mu, logvar = model.encode(**b)
+    torch.testing.assert_close(mu[0], torch.zeros(3)); torch.testing.assert_close(logvar[0], torch.zeros(3), atol=1e-6, rtol=0)
+
+
+def test_mopoe_trains_and_embeds_every_song():
+    data, model = _data(), _mopoe()
+    hist = train_model(model, data, TrainConfig(epochs=3), seed=0, device='cpu', progress=False)
+    assert len(hist) == 3 and np.isfinite(hist[['train_loss', 'val_loss']]).all().all()
+    assert embed(model, data).shape == (40, 3)
+
+
+def test_modality_patterns():
+    d = _data(6)
+    d['lyrics_mask'][:] = [1, 1, 0, 0, 1, 0]; d['midi_mask'][:] = [1, 0, 1, 0, 0, 0]
+    assert list(modality_patterns(d)) == ['audio+lyrics+midi', 'audio+lyrics', 'audio+midi', 'audio', 'audio+lyrics', 'audio']
+
+
 # --- CVAE: the condition never includes the mood ----------------------------------------------------
 
 def _manifest():
@@ -222,15 +324,49 @@ def test_vade_assignments_are_a_distribution_and_batch_free():
     np.testing.assert_allclose(vade_assign(model, X, batch_size=7), g, atol=1e-6)
 
 
+def test_vade_pretrains_as_a_deterministic_autoencoder():
+    with seeded(0): model = VaDE(6, latent_dim=2, hidden=(8, 4), k=3)
+    model.train()
+    x = torch.randn(5, 6)
+    a, b = model(x=x), model(x=x)
+    torch.testing.assert_close(a.z, a.mu); torch.testing.assert_close(a.loss, b.loss)  # no sampling, in training too
+    assert float(a.logs['kl']) == 0. and float(a.loss.detach()) == float(a.logs['recon'])
+    model.gmm_ready.fill_(True)
+    with seeded(0): c = model(x=x)
+    assert not torch.equal(c.z, c.mu) and float(c.logs['kl']) > 0  # with the mixture: the VAE's sampling and the mixture KL
+
+
+def test_vade_pi_is_fixed_and_uniform():
+    model = VaDE(5, latent_dim=2, hidden=(8, 4), k=4)
+    assert 'pi_logits' not in dict(model.named_parameters()) and 'pi_logits' in model.state_dict()
+    model.init_gmm(np.concatenate([np.random.default_rng(0).normal(c, .1, (c * 10 + 5, 2)) for c in range(4)]))  # unbalanced data
+    torch.testing.assert_close(torch.softmax(model.pi_logits, 0), torch.full((4,), .25))
+    job = TrainJob(VaDE, dict(in_dim=5, latent_dim=2, hidden=(8, 4), k=3), {'x': _blobs3()}, seed=0, config=TrainConfig(epochs=2), procedure=fit_vade)
+    trained, _ = job.run(device='cpu')
+    torch.testing.assert_close(torch.softmax(trained.pi_logits, 0), torch.full((3,), 1 / 3))  # training leaves π alone
+
+
+def test_best_gmm_keeps_the_most_likely_fit():
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(c, .3, (25, 2)) for c in ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2))])
+    gm = best_gmm(Z, 5, n_init=6, random_state=3)
+    assert len(gm.loglik_) == 6 and np.isclose(gm.score(Z), max(gm.loglik_))
+    from sklearn.mixture import GaussianMixture
+    singles = [GaussianMixture(5, covariance_type='diag', random_state=3 + i, reg_covar=1e-4).fit(Z).score(Z) for i in range(6)]
+    np.testing.assert_allclose(gm.loglik_, singles)  # the fits are seeds random_state, random_state + 1, ...
+    model = VaDE(5, latent_dim=2, hidden=(8, 4), k=5, gmm_inits=6).init_gmm(Z, random_state=3)
+    np.testing.assert_allclose(model.mu_c.detach().numpy(), gm.means_, rtol=1e-6)
+
+
 def test_vade_one_standard_component_equals_vae_kl():
     with seeded(0): model = VaDE(6, latent_dim=3, hidden=(8, 4), k=1)
     model.eval()
     x = torch.randn(5, 6)
     with torch.no_grad():
-        model.mu_c.zero_(); model.logvar_c.zero_()
-        kl_vae = model(x=x).logs['kl']; model.gmm_ready.fill_(True)
-        kl_mix = model(x=x).logs['kl']
-        torch.testing.assert_close(kl_mix, kl_vae, atol=1e-5, rtol=1e-5)
+        model.mu_c.zero_(); model.logvar_c.zero_(); model.gmm_ready.fill_(True)
+        out = model(x=x)
+        kl_vae = gaussian_kl(out.mu, out.logvar).mean()
+        torch.testing.assert_close(out.logs['kl'], kl_vae, atol=1e-5, rtol=1e-5)
         model.mu_c.fill_(3.)  # a component away from the posterior: a larger KL
         assert model(x=x).logs['kl'] > kl_vae + 1
 
@@ -287,26 +423,76 @@ def _inputs(n=40, seed=0):
 def test_hard_jobs_order_seeds_and_initialisation():
     inputs = _inputs()
     jobs = hard_jobs(inputs, seeds=[3, 4], epochs=2, betas=[1.0], latent_dim=2, hidden=(8, 4), k=4)
-    names = ['AE', 'β-VAE (β=1)', 'CVAE', 'tri-modal VAE', 'tri-modal VAE (complete songs only)', 'VaDE']
+    names = ['AE', 'β-VAE (β=1)', 'CVAE', 'tri-modal VAE', 'tri-modal VAE (complete songs only)', 'MoPoE', 'VaDE']
     assert list(jobs) == [(n, s) for s in (3, 4) for n in names]  # seed by seed, the model table's order
     assert jobs['VaDE', 3].procedure is fit_vade and jobs['AE', 3].procedure is None
     assert jobs['CVAE', 3].kwargs['cond_dim'] == inputs.C.shape[1] and set(jobs['CVAE', 3].data) == {'x', 'c'}
     assert len(jobs['tri-modal VAE (complete songs only)', 3].data['audio']) == inputs.complete.sum()
     assert all(j.config.epochs == 2 for j in jobs.values())
+    assert jobs['MoPoE', 3].model is MoPoE and jobs['MoPoE', 3].data is inputs.data and jobs['VaDE', 3].kwargs['gmm_inits'] == 10
     seed_everything(4); ref = CVAE(**jobs['CVAE', 4].kwargs)  # how the notebook drew the weights before TrainJob
     got = jobs['CVAE', 4].build().state_dict()
     assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items())
     few = hard_jobs(inputs, seeds=[0], latent_dim=2, hidden=(8, 4), min_complete=int(inputs.complete.sum()) + 1)
     assert ('tri-modal VAE (complete songs only)', 0) not in few and ('tri-modal VAE', 0) in few
     table = hard_table(inputs, jobs, latent_dim=2)
-    assert list(table.index) == ['standardised_audio_features', 'pca', *map(slug, names)]
+    baselines = ['standardised_audio_features', 'pca', 'pca_audio_condition', 'pca_balanced_modalities']
+    assert list(table.index) == [*baselines, *map(slug, names)]
     assert table.loc['vade', 'clusterers'] == f'{OWN_PRIOR}, kmeans'
+    assert table['baseline'].to_dict() == dict.fromkeys(baselines, '') | {'ae': 'pca', 'beta_vae_beta_1': 'pca', 'cvae': 'pca_audio_condition', 'vade': 'pca',
+                                                                        **dict.fromkeys(['tri_modal_vae', 'tri_modal_vae_complete_songs_only', 'mopoe'], 'pca_balanced_modalities')}
 
 
-def test_hard_baselines():
-    X = _inputs().X
-    b = hard_baselines(X, latent_dim=3, seed=0)
-    assert list(b) == ['standardised audio features', 'PCA'] and b['PCA'].shape == (40, 3) and b['standardised audio features'] is X
+def test_hard_baselines_are_pca_on_each_models_inputs():
+    inputs = _inputs()
+    b = hard_baselines(inputs, latent_dim=3, seed=0)
+    assert list(b) == ['standardised audio features', 'PCA', 'PCA (audio ‖ condition)', 'PCA (balanced modalities)']
+    assert b['standardised audio features'] is inputs.X and all(v.shape == (40, 3) for k, v in b.items() if k.startswith('PCA'))
+    from sklearn.decomposition import PCA
+    np.testing.assert_allclose(b['PCA (audio ‖ condition)'], PCA(3, random_state=0).fit_transform(np.concatenate([inputs.X, inputs.C], 1)), atol=1e-5)
+    assert [baseline_name(m) for m in (AE, MLPVAE, VaDE, CVAE, TriModalVAE, MoPoE)] == ['PCA'] * 3 + ['PCA (audio ‖ condition)'] + ['PCA (balanced modalities)'] * 2
+
+
+def test_balanced_concat_gives_each_block_one_unit_of_variance():
+    fs = _FS(60)
+    d = modality_data(fs, np.arange(60))
+    bal = balanced_concat(d)
+    assert bal.shape == (60, 4 + 3 + 2)
+    for block, m in zip(np.split(bal, [4, 7], axis=1), ('audio', 'lyrics', 'midi')):
+        has = fs.mask[m]
+        np.testing.assert_allclose(block[has].var(0).sum(), 1, rtol=1e-4)  # the same total variance over its songs, whatever the width
+        assert (block[~has] == 0).all()  # absent: zeros (the mean of the songs that have it)
+
+
+def test_blocks_of_several_fields():
+    fs = _FS(); fs.midi_names = ['m0', 'm1']
+    assert block_names(fs, ('audio', 'midi')) == ['audio[0]', 'audio[1]', 'audio[2]', 'audio[3]', 'm0', 'm1']
+    d = modality_data(fs, np.arange(30), {'audio': ('audio', 'midi'), 'lyrics': 'lyrics_emb'})
+    assert d['audio'].shape == (30, 6) and list(d) == ['audio', 'lyrics', 'lyrics_mask']
+    np.testing.assert_allclose(d['audio'].var(0).mean(), 1, rtol=1e-4)  # balanced, then unit variance per column on average
+
+
+def test_hard_inputs_refuses_unknown_blocks():
+    from mmvae.variants import hard_inputs
+    with pytest.raises(ValueError, match="audio_features='mfcc': choose one of musicnn"): hard_inputs(None, audio_features='mfcc')
+    with pytest.raises(ValueError, match="lyrics_features='bert'"): hard_inputs(None, lyrics_features='bert')
+
+
+def test_pattern_scores_split_one_clustering_by_pattern():
+    inputs = _inputs()
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(40) < .7, inputs.y, rng.integers(1, 5, 40))
+    a = pd.DataFrame(dict(id=inputs.ids.astype(str), representation='r', clusterer='kmeans', seed=0, label=labels))
+    ps = pattern_scores(inputs, pd.DataFrame(dict(representation=['r'], name=['R'])), a)
+    pats = modality_patterns(inputs.data)
+    assert ps['n_songs'].sum() == 40 and set(ps['pattern']) == set(pats)
+    np.testing.assert_allclose((ps['n_songs'] * ps['acc']).sum() / 40, hungarian_accuracy(inputs.y, labels))  # overall ACC, song-weighted
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+    row = ps.set_index('pattern').loc['audio+lyrics+midi']
+    s = pats == 'audio+lyrics+midi'
+    np.testing.assert_allclose(row['nmi'], nmi(inputs.y[s], labels[s]))
+    t = pattern_table(pattern_summary(ps), 'nmi')
+    assert t.shape == (1, 2 * len(set(pats))) and all("songs)" in c for c in t.columns)  # each pattern and its chance level
 
 
 @pytest.fixture(scope='module')
@@ -322,7 +508,10 @@ def test_run_hard_rows_follow_the_result_contract(hard_run):
     runs = result.runs
     assert list(runs.columns[:len(RUN_KEYS)]) == list(RUN_KEYS) and set(runs['task']) == {'hard'}
     assert (runs['representation'] == runs['name'].map(slug)).all()
-    assert len(runs) == 2 * (8 + 1)  # 8 representations with K-Means, VaDE also with its mixture, per seed
+    assert len(runs) == 2 * (11 + 1)  # 11 representations with K-Means, VaDE also with its mixture, per seed
+    base = runs.drop_duplicates('representation').set_index('representation')['baseline']
+    assert base['mopoe'] == base['tri_modal_vae'] == 'pca_balanced_modalities' and base['cvae'] == 'pca_audio_condition' and base['pca'] == ''
+    assert set(base) - {''} <= set(runs['representation'])  # every learned row's PCA ran too
     assert set(runs.loc[runs.name == 'VaDE', 'clusterer']) == {'kmeans', OWN_PRIOR}
     vade = runs[runs.name == 'VaDE'].groupby('seed')['probe_f1'].nunique()
     assert (vade == 1).all()  # one probe per latent space
@@ -330,7 +519,9 @@ def test_run_hard_rows_follow_the_result_contract(hard_run):
     np.testing.assert_array_equal(result.labels('VaDE', OWN_PRIOR, seed=1),
                                   vade_assign(result.models['VaDE', 1], result.inputs.X).argmax(1))
     rob = result.robustness
-    assert len(rob) == 2 * 2 * 2 and set(rob['modality']) == {'lyrics', 'midi'}  # 2 tri-modal models × 2 modalities × 2 seeds
+    assert len(rob) == 3 * 2 * 2 and set(rob['modality']) == {'lyrics', 'midi'}  # 3 multi-modal models × 2 modalities × 2 seeds
+    p = result.patterns
+    assert set(p['representation']) == set(runs['representation']) and (p.groupby(['representation', 'clusterer', 'seed'])['n_songs'].sum() == 40).all()
     assert set(rob.loc[rob.name == 'tri-modal VAE (complete songs only)', 'trained_on']) == {int(result.inputs.complete.sum())}
 
 
@@ -345,7 +536,9 @@ def test_write_hard_round_trip(hard_run, tmp_path):
     result, _ = hard_run
     files = write_hard(tmp_path, result)
     folder = tmp_path/'hard_task'
-    assert {folder/'runs.csv', folder/'hard_task_robustness.csv', folder/'curves'/'vade_seed1.csv', folder/'latents'/'pca.npz'} <= set(files)
+    assert {folder/'runs.csv', folder/'hard_task_robustness.csv', folder/'hard_task_patterns.csv', folder/'curves'/'vade_seed1.csv',
+            folder/'latents'/'pca.npz', folder/'latents'/'mopoe.npz'} <= set(files)
+    pd.testing.assert_frame_equal(pd.read_csv(folder/'hard_task_patterns.csv'), result.patterns, check_dtype=False)
     back = read_runs(tmp_path)
     assert back[['representation', 'clusterer', 'seed']].values.tolist() == result.runs[['representation', 'clusterer', 'seed']].values.tolist()
     np.testing.assert_allclose(back['acc'], result.runs['acc'])
@@ -356,7 +549,7 @@ def test_write_hard_round_trip(hard_run, tmp_path):
 def test_robustness_summary_and_verdicts(hard_run):
     result, _ = hard_run
     rs = robustness_summary(result.robustness)
-    assert len(rs) == 4
+    assert len(rs) == 6
     r = rs[(rs.name == 'tri-modal VAE') & (rs.modality == 'midi')].iloc[0]
     shifts = result.robustness.query("name == 'tri-modal VAE' and modality == 'midi'")['relative_shift']
     np.testing.assert_allclose([r.relative_shift_mean, r.relative_shift_std], [shifts.mean(), shifts.std()])
@@ -366,3 +559,5 @@ def test_robustness_summary_and_verdicts(hard_run):
     assert f"is {best['name']} + {best['clusterer']} (ACC {best['acc_mean']:.3f}" in verdicts[0]
     assert any('of its 4 components' in v for v in verdicts)
     assert any('complete songs only' in v for v in verdicts)
+    assert any(v.startswith('Against PCA on its own inputs') and 'MoPoE' in v for v in verdicts)
+    assert any('MoPoE scores NMI' in v for v in verdicts)

@@ -1,4 +1,6 @@
-"""Print a run's K-Means results as a markdown table (the README's results section is pasted from it).
+"""Print a run's results as markdown (the README's results section is pasted from it): the study table (K-Means, and VaDE's
+own mixture) with the chance level beside each metric, then the sentences that follow from the Holm-corrected comparisons
+with PCA on the same inputs, and their table in full.
 
     python tools/results_md.py runs/real/results
 """
@@ -7,20 +9,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmvae.core import format_pm
+from mmvae.analysis import comparisons_table, markdown_table
+from mmvae.core import comparison_sentences, format_pm
 
 SHOWN = ('kmeans', 'mixture (own prior)')  # K-Means, and VaDE's own mixture
-COLUMNS = {'acc': 'ACC', 'nmi': 'NMI', 'ari': 'ARI', 'probe_f1': 'probe macro-F1'}
+COLUMNS = {'acc': 'ACC', 'nmi': 'NMI', 'ami': 'AMI', 'ari': 'ARI', 'probe_f1': 'probe macro-F1'}
+HEADERS = COLUMNS | {f'{m} chance': f'{h} chance' for m, h in COLUMNS.items()}  # chance: null mean (95th percentile)
 
 
 def results_md(results) -> str:
-    "The markdown table of the study summary (`summary.csv`) under the results root `results`."
+    "The markdown of the study summary (`summary.csv`) and, where 05 wrote it, of the comparisons (`comparisons.csv`) under `results`."
     s = pd.read_csv(Path(results)/'summary.csv')
     s = s[s['clusterer'].isin(SHOWN)].reset_index(drop=True)
     s['representation'] = s['name'] + s['clusterer'].map(lambda c: '' if c == 'kmeans' else f' ({c})')
-    t = format_pm(s, list(COLUMNS), index=('task', 'representation')).rename(columns=COLUMNS).reset_index()
-    return '\n'.join(['| ' + ' | '.join(t.columns) + ' |', '|' + '---|' * len(t.columns),
-                      *('| ' + ' | '.join(map(str, row)) + ' |' for row in t.itertuples(index=False))])
+    t = format_pm(s, [m for m in COLUMNS if f'{m}_mean' in s], index=('task', 'representation'), chance=True).rename(columns=HEADERS)
+    parts = [markdown_table(t.reset_index())]
+    if (path := Path(results)/'comparisons.csv').is_file():
+        c = pd.read_csv(path, dtype={'representation': str, 'baseline': str})
+        parts += ['', *comparison_sentences(c)] + (['', markdown_table(comparisons_table(c))] if len(c) else [])
+    return '\n'.join(parts)
 
 
 if __name__ == '__main__':
