@@ -645,23 +645,10 @@ def musicnn_features(y: np.ndarray,  # mono samples at 16 kHz
     return dict(embedding=np.concatenate([pen.mean(0), pen.max(0)]).astype(np.float32), tags=out['tags'].mean(0).astype(np.float32))
 
 # %% ../nbs/01_features.ipynb #8929aa89
-@contextmanager
-def _one_torch_thread():
-    "Limit PyTorch to one CPU thread while musicnn runs (thread-safe: the first task sets it, the last restores the previous count)."
-    st = vars(mmvae).setdefault('_torch_thread_state', dict(lock=threading.Lock(), users=0, before=None))  # one per process
-    with st['lock']:
-        if st['users'] == 0: st['before'] = torch.get_num_threads(); torch.set_num_threads(1)
-        st['users'] += 1
-    try: yield
-    finally:
-        with st['lock']:
-            st['users'] -= 1
-            if st['users'] == 0: torch.set_num_threads(st['before'])
-
 def extract_musicnn(path, config: FeatureConfig = FeatureConfig()) -> dict:
     "Decode one clip at 16 kHz and describe it with musicnn: `embedding` (400) and `tags` (50); a MediaError names an unreadable file."
     y, n_valid = decode_audio(path, replace(config, sr=MUSICNN_SR))
-    with _one_torch_thread(): return musicnn_features(y[:n_valid])
+    return musicnn_features(y[:n_valid])
 
 # %% ../nbs/01_features.ipynb #6386738c
 def file_digest(path) -> str:
@@ -748,7 +735,7 @@ def _run_task(task: tuple, config: FeatureConfig) -> tuple:
 def _blas_state() -> dict:
     "State of `_one_blas_thread`, one per process: kept on the `mmvae` package, so copies of this code pickled by value share it."
     # (loky and Dask pickle functions defined in a notebook by value, each copy with its own globals)
-    return vars(mmvae).setdefault('_blas_thread_state', dict(lock=threading.Lock(), users=0, limiter=None))  # atomic
+    return vars(mmvae).setdefault('_blas_thread_state', dict(lock=threading.Lock(), users=0, limiter=None, torch_threads=None))  # atomic
 
 def _release_blas_control():
     "Let any thread change the OpenBLAS limit next (threadpoolctl ≥ 3.8 otherwise ignores all but the thread that set it)."
@@ -757,11 +744,12 @@ def _release_blas_control():
 
 @contextmanager
 def _one_blas_thread():
-    "Limit BLAS to one thread: the extractor is parallel over files, not within one (thread-safe)."
+    "Limit BLAS and PyTorch to one thread each: the extractors are parallel over files, not within one (thread-safe)."
     st = _blas_state()
     with st['lock']:  # Dask runs several tasks in threads of one process: the first sets the limit, the last lifts it
         if st['users'] == 0:
             st['limiter'] = threadpoolctl.threadpool_limits(1); _release_blas_control()
+            st['torch_threads'] = torch.get_num_threads(); torch.set_num_threads(1)
         st['users'] += 1
     try: yield
     finally:
@@ -769,6 +757,7 @@ def _one_blas_thread():
             st['users'] -= 1
             if st['users'] == 0 and st['limiter'] is not None:
                 st['limiter'].restore_original_limits(); _release_blas_control(); st['limiter'] = None
+                torch.set_num_threads(st['torch_threads'])
 
 def _run_task_one_thread(task: tuple, config: FeatureConfig) -> tuple:
     "`_run_task` under `_one_blas_thread`: what a worker process or Dask worker runs, so results do not depend on the executor."
