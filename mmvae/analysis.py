@@ -13,14 +13,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import psutil
 import mmvae
-from .data import PAPER_F1, DatasetError, MediaError, demo_dataset, find_dataset_root, load_manifest, manifest_counts, read_lyrics, resolve_data_dir
+from .data import MOOD_NAMES, PAPER_F1, DatasetError, MediaError, demo_dataset, find_dataset_root, load_manifest, manifest_counts, mood_name, read_lyrics, resolve_data_dir
 from .core import SUMMARY_KEYS, format_pm, latent_files, project_2d, read_assignments, read_latent, read_runs, summarize_runs
-from .core import compare_to_baselines
+from .core import MAIN_CLUSTERER, PALETTE, align_labels, compare_to_baselines, comparison_sentences, comparisons_table, markdown_table
 
 # %% auto #0
-__all__ = ['LOWER_IS_BETTER', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'mark_best', 'markdown_table', 'probe_table', 'chance_sentences',
-           'compare_study', 'comparisons_table', 'map_2d', 'song_card', 'explorer', 'ReproduceError', 'notebooks_dir',
-           'end_processes', 'Runners', 'reproduce', 'main']
+__all__ = ['LOWER_IS_BETTER', 'EXPLORER_MEMBERS', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'mark_best', 'probe_table',
+           'chance_sentences', 'compare_study', 'best_sentences', 'study_findings', 'map_2d', 'song_card',
+           'legend_name', 'explorer', 'FindingsFirst', 'ReproduceError', 'notebooks_dir', 'end_processes', 'Runners',
+           'reproduce', 'main']
 
 # %% ../nbs/05_analysis.ipynb #979ebfb1
 LOWER_IS_BETTER = frozenset({'davies_bouldin'})  # metrics whose best value is the smallest
@@ -38,11 +39,6 @@ def mark_best(summary: pd.DataFrame,  # from `summarize_runs` over task × repre
         table[m] += np.where(summary[f'{m}_mean'] == best, ' ★', '')
     return pd.concat([summary[['task', 'name', 'clusterer']], table], axis=1)
 
-def markdown_table(df: pd.DataFrame) -> str:
-    "A table as markdown, every row and column (nothing truncated; `|` in cells escaped)."
-    cell = lambda v: str(v).replace('|', '\\|')
-    return '\n'.join(['| ' + ' | '.join(map(cell, df.columns)) + ' |', '|' + '---|' * len(df.columns),
-                      *('| ' + ' | '.join(map(cell, r)) + ' |' for r in df.itertuples(index=False))])
 
 # %% ../nbs/05_analysis.ipynb #73589015
 def probe_table(summary: pd.DataFrame,  # from `summarize_runs`, with probe_f1 where a task measured it
@@ -73,24 +69,50 @@ def compare_study(results,  # results root written by the task notebooks
                   n_boot: int = None,  # song resamples; None → enough for the family (`resamples_for`), at least 2000
                   alpha: float = 0.05,  # family-wise error rate
                   seed: int = 0,  # seeds the resampling
+                  clusterers=(MAIN_CLUSTERER,),  # the clusterers compared: the study's main comparison by default
                  ) -> pd.DataFrame:
-    "Every comparison of the study with its baseline as one Holm family (`compare_to_baselines` over all tasks at once), written to `comparisons.csv`."
-    c = compare_to_baselines(read_runs(results), read_assignments(results), truth, n_boot=n_boot, alpha=alpha, seed=seed)
+    "Every comparison of the study with its baseline under `clusterers` as one Holm family (`compare_to_baselines` over all tasks at once), written to `comparisons.csv`."
+    runs = read_runs(results)
+    c = compare_to_baselines(runs[runs['clusterer'].isin(clusterers)], read_assignments(results), truth, n_boot=n_boot, alpha=alpha, seed=seed)
     c.to_csv(Path(results)/'comparisons.csv', index=False)
     return c
 
-def comparisons_table(comparisons: pd.DataFrame,  # from `compare_to_baselines`
-                      digits: int = 3,  # decimals
-                     ) -> pd.DataFrame:
-    "A display table of the comparisons: both values, the difference, its 95 % interval, p before and after Holm, ✓ where it held."
-    c = comparisons
-    num = lambda v, sign='': 'n/a' if pd.isna(v) else f'{v:{sign}.{digits}f}'
-    p = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'
-    return pd.DataFrame({'task': c['task'], 'representation': c['name'], 'baseline': c['baseline_name'], 'clusterer': c['clusterer'],
-                         'metric': c['metric'].str.upper(), 'seeds': c['seeds'], 'songs': c['songs'], 'value': c['value'].map(num),
-                         'baseline value': c['baseline_value'].map(num), 'difference': c['diff'].map(lambda v: num(v, '+')),
-                         '95 % interval': [f"{num(a, '+')} to {num(b, '+')}" for a, b in zip(c['ci_low'], c['ci_high'])],
-                         'p': c['p'].map(p), 'p (Holm)': c['p_holm'].map(p), 'held': np.where(c['significant'], '✓', '')})
+
+# %% ../nbs/05_analysis.ipynb #94fa0a50
+def best_sentences(summary: pd.DataFrame,  # from `summarize_runs`, every task
+                   comparisons: pd.DataFrame,  # from `compare_study`
+                   metric: str = 'nmi',  # the metric that picks the best
+                  ) -> list[str]:
+    "Per task, the K-Means representation with the best mean `metric`: its NMI and ACC, and its difference from its baseline after Holm's correction."
+    s, out = summary[summary['clusterer'] == MAIN_CLUSTERER].dropna(subset=[f'{metric}_mean']), []
+    for task, t in s.groupby('task', sort=False):
+        r = t.loc[t[f'{metric}_mean'].idxmax()]
+        c = comparisons[(comparisons['task'] == task) & (comparisons['representation'] == r['representation'])
+                        & (comparisons['clusterer'] == MAIN_CLUSTERER)].set_index('metric') if len(comparisons) else pd.DataFrame()
+        vs = '; '.join(f"{m.upper()} {c.loc[m, 'diff']:+.3f} (95 % interval {c.loc[m, 'ci_low']:+.3f} to {c.loc[m, 'ci_high']:+.3f}, "
+                       f"Holm p = {c.loc[m, 'p_holm']:.3g}: {'held' if c.loc[m, 'significant'] else 'not held'} after correction)"
+                       for m in ('nmi', 'acc') if m in c.index)
+        out.append(f"{task}: the best K-Means {metric.upper()} is {r['name']}'s, NMI {r['nmi_mean']:.3f} ± {r['nmi_std']:.3f} and "
+                   f"ACC {r['acc_mean']:.3f} ± {r['acc_std']:.3f} (mean ± std over {int(r['n_runs'])} seeds); "
+                   + (f"against {c['baseline_name'].iloc[0]}: {vs}." if vs else "it is compared with no baseline (it names none)."))
+    return out
+
+def study_findings(comparisons: pd.DataFrame,  # `compare_study` of the results
+                   summary: pd.DataFrame,  # `summarize_runs` of the same runs
+                   data: str,  # `describe_data` of the run
+                  ) -> str:
+    "05's Findings in Markdown: what was compared, what held after Holm's correction over the study, the chance levels, the best K-Means result per task; the study table and every comparison folded."
+    seeds = '/'.join(map(str, sorted(summary['n_runs'].unique()))) if 'n_runs' in summary else '?'
+    head = (f"On {data}: {len(summary)} task × representation × clusterer rows ({seeds} seeds each). Every learned representation is set "
+            f"against PCA on its own inputs under {MAIN_CLUSTERER} with k = 5, paired over seeds and bootstrapped over songs; "
+            f"the family is every such comparison of the study, Holm-corrected at once.")
+    bullets = [*comparison_sentences(comparisons), *chance_sentences(summary), *best_sentences(summary, comparisons)]
+    fold = lambda title, table: ['', f'<details><summary>{title}</summary>', '', markdown_table(table), '', '</details>']
+    parts = ['## Findings', '', head, '', *(f'- {b}' for b in bullets),
+             *fold('The study table (mean ± std over seeds, chance level after each metric, ★ best of each task)', mark_best(summary))]
+    if len(comparisons): parts += fold('Every comparison of the study', comparisons_table(comparisons))
+    return '\n'.join(parts) + '\n'
+
 
 # %% ../nbs/05_analysis.ipynb #eef12682
 def map_2d(path,  # a saved latent space (a value of `latent_files`)
@@ -117,11 +139,17 @@ def song_card(song: pd.Series,  # a manifest row
             + (f" · predicted cluster {predicted}" if predicted is not None else '') + f"<br><small>{excerpt}</small>")
 
 # %% ../nbs/05_analysis.ipynb #7c759b93
+EXPLORER_MEMBERS = 20  # songs listed per selected cluster
+
+def legend_name(v) -> str:
+    "A label's name in the explorer's legend: a mood (a cluster aligned to its matched mood), 'noise', or an unmatched cluster."
+    return 'noise' if v == -1 else mood_name(v) if v in MOOD_NAMES else f'unmatched cluster {v}'
+
 def explorer(results,  # results root written by the task notebooks
              manifest: pd.DataFrame,  # the dataset's songs (`load_manifest`)
              cache=None,  # folder of 2-D projections (see `project_2d`), e.g. `cache_dir/'maps'`
             ):
-    "An ipywidgets + plotly explorer of the saved latent spaces (JupyterLab)."
+    "An ipywidgets + plotly explorer of the saved latent spaces (JupyterLab), opening coloured by mood."
     import ipywidgets as W
     files, asg = latent_files(results), read_assignments(results)
     if not files: raise FileNotFoundError(f"no saved latent spaces under {results}: run the task notebooks 02-04 first")
@@ -129,45 +157,81 @@ def explorer(results,  # results root written by the task notebooks
     except FileNotFoundError: runs = pd.DataFrame(columns=['task', 'representation', 'name'])
     names = dict(zip(zip(runs['task'], runs['representation']), runs['name']))  # (task, id) → display name
     songs = manifest.set_index('id', drop=False)
-    space = W.Dropdown(options=[(f'{t}: {names.get((t, r), r)}', (t, r)) for t, r in files], description='latent')
-    by, group, members, card = W.Dropdown(options=['true mood'], description='colour by'), W.Dropdown(description='cluster'), W.HTML(), W.HTML()
+    title = lambda i: f"{songs.loc[i, 'title']} — {songs.loc[i, 'artist']}" if 'title' in songs else str(i)
+    options = [(f'{t}: {names.get((t, r), r)}', (t, r)) for t, r in files]
+    space = W.Dropdown(options=options, value=options[0][1], description='latent')
+    by = W.Dropdown(options=[('true mood', 'mood')], value='mood', description='colour by')
+    group, members, card = W.Dropdown(description='cluster'), W.HTML(), W.HTML()
     player = W.Audio(value=b'', autoplay=False)
-    fig = go.FigureWidget(go.Scatter(mode='markers', marker=dict(size=8, colorscale='Turbo', showscale=True)))
-    fig.update_layout(height=480, margin=dict(l=10, r=10, t=30, b=10))
+    fig = go.FigureWidget(layout=dict(height=520, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(showticklabels=False),
+                                      yaxis=dict(showticklabels=False), legend=dict(orientation='h', yanchor='top', y=-0.02, x=0)))
     state = {}
-    def labels():
-        if by.value == 'true mood': return songs.loc[state['xy']['id'], 'cluster'].to_numpy()
+    def labels() -> pd.Series:
+        ids = state['xy']['id']
+        mood = songs.loc[ids, 'cluster'].astype(int).to_numpy()
+        if by.value == 'mood': return pd.Series(mood, index=ids)
         a = state['asg'][state['asg']['clusterer'] == by.value]
-        a = a[a['seed'] == a['seed'].min()].set_index('id')['label']
-        return a.reindex(state['xy']['id']).to_numpy()
+        pred = a[a['seed'] == a['seed'].min()].set_index('id')['label'].reindex(ids).fillna(-1).astype(int).to_numpy()
+        return pd.Series(align_labels(mood, pred), index=ids)  # clusters named by their matched mood, as in the static maps
+    def clicked(trace, points, _):
+        if not points.point_inds: return
+        sid = trace.customdata[points.point_inds[0]]; song = songs.loc[sid]
+        card.value = song_card(song, legend_name(state['labels'][sid]) if by.value != 'mood' else None)
+        path = Path(song['audio_path']) if isinstance(song.get('audio_path'), str) else None
+        player.format, player.value = (path.suffix[1:], path.read_bytes()) if path else ('mp3', b'')
     def redraw(*_):
-        lab = labels(); state['labels'] = lab
-        xy = state['xy']
+        lab = state['labels'] = labels()
+        xy = state['xy'].set_index('id')
+        values = sorted(set(lab.tolist()), key=lambda v: (v == -1, v))
         with fig.batch_update():
-            sc = fig.data[0]
-            sc.x, sc.y, sc.marker.color = xy['x'], xy['y'], lab
-            sc.text = [f"{songs.loc[i, 'title']} — {songs.loc[i, 'artist']}" if 'title' in songs else i for i in xy['id']]
-        group.options = sorted(set(pd.Series(lab).dropna().astype(int)))
+            fig.data = []
+            for i, v in enumerate(values):
+                ids = lab.index[lab.to_numpy() == v]
+                fig.add_scatter(x=xy.loc[ids, 'x'], y=xy.loc[ids, 'y'], mode='markers', name=legend_name(v), customdata=list(ids),
+                                hovertext=[title(i) for i in ids], hoverinfo='text+name',
+                                marker=dict(size=7, color='lightgrey' if v == -1 else PALETTE[i % len(PALETTE)]))
+            fig.layout.legend.title.text = by.label
+        for t in fig.data: t.on_click(clicked)
+        keep = group.value if group.value in values else values[0]
+        group.options = [(legend_name(v), v) for v in values]
+        group.value = keep
+        listed()
+    def listed(*_):
+        if group.value is None: members.value = ''; return
+        ids = state['labels'].index[state['labels'].to_numpy() == group.value]
+        shown = ids[:EXPLORER_MEMBERS]
+        members.value = (f"<b>{len(shown)} of {len(ids)} songs</b><br>"
+                         + '<br>'.join(f"{escape(str(i))} {escape(title(i))} ({escape(mood_name(songs.loc[i, 'cluster']))})" for i in shown))
     def load(*_):
         task, rep = space.value
         state['xy'] = map_2d(files[space.value], cache=cache)
         state['asg'] = asg[(asg['task'] == task) & (asg['representation'] == rep)]
-        by.options = ['true mood', *state['asg']['clusterer'].unique()]
+        clusterers = list(state['asg']['clusterer'].unique())
+        keep = by.value if by.value in clusterers else 'mood'
+        with by.hold_trait_notifications():
+            by.options = [('true mood', 'mood'), *((f'{c} clusters (named by matched mood)', c) for c in clusterers)]
+            by.value = keep
         redraw()
-    def clicked(trace, points, _):
-        if not points.point_inds: return
-        i = points.point_inds[0]; sid = state['xy']['id'].iloc[i]; song = songs.loc[sid]
-        card.value = song_card(song, state['labels'][i])
-        path = Path(song['audio_path']) if isinstance(song.get('audio_path'), str) else None
-        player.format, player.value = (path.suffix[1:], path.read_bytes()) if path else ('mp3', b'')
-    def listed(*_):
-        ids = state['xy']['id'][pd.Series(state['labels']) == group.value]
-        members.value = '<br>'.join(f"{i} {songs.loc[i, 'title'] if 'title' in songs else ''} (mood {songs.loc[i, 'cluster']})" for i in ids)
     space.observe(load, 'value'); by.observe(redraw, 'value'); group.observe(listed, 'value')
-    fig.data[0].on_click(clicked)
     load()
     return W.VBox([W.HBox([space, by]), fig, W.HBox([W.VBox([card, player], layout=W.Layout(width='55%')),
                                                      W.VBox([group, members], layout=W.Layout(width='45%'))])])
+
+
+# %% ../nbs/05_analysis.ipynb #d3579932
+class FindingsFirst:
+    "nbdev docs processor (`procs` in settings.ini): cells tagged `findings` move to the top of the page, after its title."
+    def __init__(self, nb): self.nb = nb
+    def __call__(self, cell): pass
+    def end(self):
+        cells = self.nb.cells
+        moved = [c for c in cells if 'findings' in c.get('metadata', {}).get('tags', [])]
+        if not moved: return
+        rest = [c for c in cells if c not in moved]
+        at = next((i + 1 for i, c in enumerate(rest) if c.cell_type == 'raw' and c.source.lstrip().startswith('---')
+                   or c.cell_type == 'markdown' and c.source.lstrip().startswith('# ')), 0)
+        self.nb.cells = rest[:at] + moved + rest[at:]
+
 
 # %% ../nbs/05_analysis.ipynb #5f321351
 NOTEBOOKS = ('00_data', '01_features', '02_easy_vae_pca', '03_medium_hybrid', '04_hard_variants', '05_analysis')

@@ -18,23 +18,25 @@ from sklearn.base import BaseEstimator, TransformerMixin
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
+from plotly.offline import get_plotlyjs
 from .data import mood_name
 
 # %% auto #0
 __all__ = ['CLUSTERERS', 'CHANCE_METRICS', 'METRICS', 'NULL_COLUMNS', 'PALETTE', 'SUMMARY_KEYS', 'RUN_KEYS', 'TASK_DIRS',
-           'ASSIGNMENT_COLUMNS', 'COMPARED_METRICS', 'COMPARISON_COLUMNS', 'EASY_INPUTS', 'get_device',
-           'seed_everything', 'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput',
+           'ASSIGNMENT_COLUMNS', 'COMPARED_METRICS', 'COMPARISON_COLUMNS', 'MAIN_CLUSTERER', 'EASY_INPUTS',
+           'get_device', 'seed_everything', 'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput',
            'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE',
            'MLPVAE', 'TrainConfig', 'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache',
            'as_cache', 'embed', 'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units',
            'standardize', 'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate',
            'align_labels', 'resampled_tables', 'permuted_tables', 'nmi_of_tables', 'ami_of_tables', 'ari_of_tables',
            'acc_of_tables', 'purity_of_tables', 'score_tables', 'chance_levels', 'evaluate', 'summarize_runs',
-           'chance_cell', 'format_pm', 'verdict', 'mean_std', 'compare', 'linear_probe', 'setup_plotly', 'fit_column',
-           'project_2d', 'latent_map', 'song_hover', 'training_curves', 'metric_bars', 'confusion', 'save_figure',
+           'chance_cell', 'format_pm', 'mean_std', 'linear_probe', 'setup_plotly', 'fit_column', 'project_2d',
+           'latent_map', 'song_hover', 'training_curves', 'curve_panels', 'metric_bars', 'confusion', 'save_figure',
            'score_clustering', 'cluster_runs', 'check_baselines', 'write_results', 'read_runs', 'read_assignments',
            'latent_files', 'read_latent', 'holm', 'baseline_pairs', 'resamples_for', 'compare_to_baselines',
-           'comparison_sentences', 'easy_representations', 'EasyRun', 'run_easy']
+           'comparison_sentences', 'markdown_table', 'comparisons_table', 'describe_data', 'findings_markdown',
+           'easy_representations', 'EasyRun', 'run_easy']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
@@ -898,13 +900,6 @@ def format_pm(summary: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, 
     return out.set_index(pd.MultiIndex.from_frame(summary[keep]) if len(keep) > 1 else pd.Index(summary[keep[0]])) if keep else out
 
 # %% ../nbs/02_easy_vae_pca.ipynb #c401f879
-def verdict(d: float,  # a difference of means
-            spread: float,  # the yardstick, e.g. the larger seed spread
-            up: str = 'better', down: str = 'worse',  # the words for a positive and a negative difference
-           ) -> str:
-    "'about the same' when |d| is within the spread, else `up` or `down` by its sign."
-    return 'about the same' if abs(d) <= spread else up if d > 0 else down
-
 def mean_std(summary: pd.DataFrame,  # from `summarize_runs`, with representation, name and clusterer columns
              representation: str,  # a representation id or display name
              metric: str,  # e.g. 'nmi'
@@ -915,18 +910,6 @@ def mean_std(summary: pd.DataFrame,  # from `summarize_runs`, with representatio
     r = summary.set_index([by, 'clusterer']).loc[(representation, clusterer)]
     return r[f'{metric}_mean'], 0. if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']
 
-def compare(summary: pd.DataFrame,  # from `summarize_runs`, with representation, name and clusterer columns
-            a: str, b: str,  # representation ids (or display names) to compare: a against b
-            clusterer: str = 'kmeans',  # the clusterer of both runs
-            metric: str = 'nmi',  # the metric
-           ) -> str:
-    "A sentence comparing two representations under one clusterer, the larger seed spread as the yardstick."
-    def name(r): return summary.loc[(summary['representation'] == r) | (summary['name'] == r), 'name'].iloc[0]
-    (ma, sa), (mb, sb) = mean_std(summary, a, metric, clusterer), mean_std(summary, b, metric, clusterer)
-    d, spread = ma - mb, max(sa, sb)
-    v = {'better': 'better than', 'worse': 'worse than', 'about the same': 'about the same as'}[verdict(d, spread)]
-    return (f"With {clusterer}, {name(a)} scores {metric.upper()} {ma:.3f} ± {sa:.3f} against {mb:.3f} ± {sb:.3f} for {name(b)}: "
-            f"{v} it (difference {d:+.3f}, largest seed spread {spread:.3f}).")
 
 # %% ../nbs/02_easy_vae_pca.ipynb #24f4f4f8
 def linear_probe(Z,  # latent points, (n, d)
@@ -1085,29 +1068,63 @@ def training_curves(history,  # a `train_model` history, or a dict {run name: hi
     fig.update_layout(title=title, height=430, legend=dict(orientation='h', yanchor='top', y=-0.2, xanchor='left', x=0))
     return fit_column(fig, max(500, 330 * len(terms) + 100))
 
+# %% ../nbs/02_easy_vae_pca.ipynb #fe007fb5
+def curve_panels(histories: dict,  # model display name → {run label (e.g. 'seed 0') → history (as `training_curves` takes)}
+                 title: str = '',  # figure title
+                 term: str = 'loss',  # the loss term drawn (`train_<term>`, `val_<term>`)
+                ) -> go.Figure:
+    "One small panel per model: the total loss per epoch of each run (a colour per run), training solid, validation dashed, restored best epoch starred; one legend below."
+    n = len(histories); cols = min(3, max(n, 1)); rows = -(-n // cols) if n else 1
+    fig = make_subplots(rows, cols, subplot_titles=list(histories), horizontal_spacing=0.08, vertical_spacing=0.5 / rows)
+    for i, runs in enumerate(histories.values()):
+        at = dict(row=i // cols + 1, col=i % cols + 1)
+        for j, (run, h) in enumerate(runs.items()):
+            col = PALETTE[j % len(PALETTE)]
+            for split, dash, group in (('train', 'solid', 'train'), ('val', 'dash', 'validation')):
+                if f'{split}_{term}' in h and h[f'{split}_{term}'].notna().any():
+                    fig.add_trace(go.Scatter(x=h['epoch'], y=h[f'{split}_{term}'], mode='lines', line=dict(color=col, dash=dash, width=1.5),
+                                             legendgroup=group, showlegend=False, hovertemplate=f'{run} {group}, epoch %{{x}}: %{{y:.4g}}<extra></extra>'), **at)
+            if (best := h.attrs.get('best_epoch')) is not None and f'val_{term}' in h:
+                fig.add_trace(go.Scatter(x=[best], y=h.loc[h.epoch == best, f'val_{term}'], mode='markers', marker=dict(symbol='star', size=10, color=col),
+                                         legendgroup='best epoch', showlegend=False, hovertemplate=f'{run} best epoch %{{x}}: %{{y:.4g}}<extra></extra>'), **at)
+    for group, style in (('train', dict(mode='lines', line=dict(color='grey'))), ('validation', dict(mode='lines', line=dict(color='grey', dash='dash'))),
+                         ('best epoch', dict(mode='markers', marker=dict(symbol='star', size=10, color='grey')))):  # the legend: styles, not runs
+        fig.add_trace(go.Scatter(x=[None], y=[None], name=group, legendgroup=group, **style), 1, 1)
+    fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text=term, col=1)
+    fig.update_layout(title=title, height=120 + 260 * rows, margin=dict(b=90),
+                      legend=dict(orientation='h', yref='container', y=0, yanchor='bottom', x=0, title_text='a colour per run:'))
+    return fit_column(fig, 300 * cols + 120)
+
 # %% ../nbs/02_easy_vae_pca.ipynb #8c72130d
-def metric_bars(summary_table: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, `<metric>_std`
-                metric: str,  # metric name, e.g. 'acc'
+def metric_bars(summary_table: pd.DataFrame,  # from `summarize_runs`: `<metric>_mean`, `<metric>_std`, `<metric>_null_mean`, `<metric>_null95_mean`
+                metric,  # metric name, e.g. 'acc', or a list of them: one panel each
                 by,  # column for the x axis, or [x column, colour column]
-                title: str = '',  # figure title (default: the metric)
+                title: str = '',  # figure title (default: the metrics)
                ) -> go.Figure:
-    "Bars of a metric's mean with ± std error bars ('undefined' where NaN); its chance level (the largest 95th percentile of the bars' random partitions) as a dashed line."
+    "Bars of each metric's mean with ± std error bars ('undefined' where NaN), a panel per metric; on each bar its chance level: the mean and the 95th percentile of the metric over random partitions of the same sizes."
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     by = [by] if isinstance(by, str) else list(by)
     x, c = by[0], (by[1] if len(by) > 1 else None)
     groups = [(None, summary_table)] if c is None else list(summary_table.groupby(c, sort=False))
-    fig = go.Figure()
-    for i, (g, t) in enumerate(groups):
-        undefined = t[f'{metric}_mean'].isna()
-        fig.add_trace(go.Bar(x=t[x].astype(str), y=t[f'{metric}_mean'].fillna(0), name=str(g) if g is not None else metric,
-                             text=np.where(undefined, 'undefined', ''), textposition='outside',
-                             error_y=dict(type='data', array=t.get(f'{metric}_std'), visible=True),
-                             marker_color=PALETTE[i % len(PALETTE)]))
-    if f'{metric}_null95_mean' in summary_table and summary_table[f'{metric}_null95_mean'].notna().any():
-        fig.add_hline(y=float(summary_table[f'{metric}_null95_mean'].max()), line_dash='dash', line_color='black',
-                      annotation_text='chance: 95th percentile of random partitions of the same sizes', annotation_position='top left')
-    fig.update_layout(title=title or metric, barmode='group', yaxis_title=metric, xaxis_title=x, legend_title=c, height=400,
-                      legend=dict(orientation='h', yanchor='top', y=-0.25, x=0))
-    return fit_column(fig, max(450, 90 * len(summary_table) + 250))
+    fig = make_subplots(len(metrics), 1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[m.upper() for m in metrics] if len(metrics) > 1 else None)
+    chance = (('null', 'chance: mean of random partitions', 'black'), ('null95', 'chance: their 95th percentile', 'crimson'))
+    for r, m in enumerate(metrics, 1):
+        for i, (g, t) in enumerate(groups):
+            name, undefined = str(g) if g is not None else m, t[f'{m}_mean'].isna()
+            fig.add_trace(go.Bar(x=t[x].astype(str), y=t[f'{m}_mean'].fillna(0), name=name, legendgroup=name, showlegend=r == 1, offsetgroup=name,
+                                 text=np.where(undefined, 'undefined', ''), textposition='outside',
+                                 error_y=dict(type='data', array=t.get(f'{m}_std'), visible=True), marker_color=PALETTE[i % len(PALETTE)]), r, 1)
+            for stat, label, colour in chance:
+                if f'{m}_{stat}_mean' in t and t[f'{m}_{stat}_mean'].notna().any():
+                    fig.add_trace(go.Scatter(x=t[x].astype(str), y=t[f'{m}_{stat}_mean'], mode='markers', name=label, legendgroup=label,
+                                             showlegend=r == 1 and i == 0, legendrank=2000, offsetgroup=name, marker=dict(symbol='line-ew', size=14, line=dict(width=2.5, color=colour)),
+                                             hovertemplate=f'{label}: %{{y:.3f}}<extra></extra>'), r, 1)
+        fig.update_yaxes(title_text=m.upper(), row=r, col=1)
+    fig.update_xaxes(title_text=x, row=len(metrics), col=1)
+    fig.update_layout(title=title or ' and '.join(metrics), barmode='group', scattermode='group', height=150 + 300 * len(metrics),
+                      margin=dict(b=130), legend=dict(orientation='h', yref='container', y=0, yanchor='bottom', x=0))
+    return fit_column(fig, min(1200, max(450, 90 * len(summary_table) + 250)))
 
 # %% ../nbs/02_easy_vae_pca.ipynb #dca63383
 def confusion(y_true,  # true classes (moods)
@@ -1275,11 +1292,16 @@ def save_figure(fig: go.Figure,  # the figure
                 path,  # file path without suffix; folders are created
                 png: bool = True,  # also write a PNG (when kaleido and Chromium work)
                 cache=None,  # folder of rendered PNGs: the same figure again is copied from it
+                js_dir=None,  # folder of the one plotly.min.js the page loads by a relative path (e.g. the results root); None → the page's folder
                ) -> list[Path]:
     "Write `path.html` (and `path.png`); return the files written."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     out, image = [path.with_suffix('.html')], path.with_suffix('.png')
-    fig.write_html(out[0], include_plotlyjs='directory', full_html=True)
+    js = Path(js_dir if js_dir is not None else path.parent)/'plotly.min.js'
+    fig.write_html(out[0], include_plotlyjs=Path(os.path.relpath(js, path.parent)).as_posix(), full_html=True)
+    bundle = get_plotlyjs().encode()
+    if not js.is_file() or js.stat().st_size != len(bundle):  # written once per folder (again when plotly changed)
+        js.parent.mkdir(parents=True, exist_ok=True); write_atomic(js, lambda tmp: tmp.write_bytes(bundle))
     if not png: return out
     spec = fig.to_json()
     kept = Path(cache)/f'{hashlib.sha256(spec.encode()).hexdigest()}.png' if cache is not None else None
@@ -1509,6 +1531,67 @@ def comparison_sentences(comparisons: pd.DataFrame,  # from `compare_to_baseline
     if len(nominal): out.append(f"Below α only before correction, so not claimed ({len(nominal)}): " + '; '.join(say(r) for _, r in nominal.iterrows()) + '.')
     if rest := len(ok) - len(held) - len(nominal): out.append(f"The other {rest} differences are within what resampling the songs produces (p > {alpha:g} before correction).")
     return out
+
+# %% ../nbs/02_easy_vae_pca.ipynb #bc0fa028
+MAIN_CLUSTERER = 'kmeans'  # the study's main comparison: K-Means with k = 5, the one family every page tests
+
+def markdown_table(df: pd.DataFrame) -> str:
+    "A table as markdown, every row and column (nothing truncated; `|` in cells escaped)."
+    cell = lambda v: str(v).replace('|', '\\|')
+    return '\n'.join(['| ' + ' | '.join(map(cell, df.columns)) + ' |', '|' + '---|' * len(df.columns),
+                      *('| ' + ' | '.join(map(cell, r)) + ' |' for r in df.itertuples(index=False))])
+
+def comparisons_table(comparisons: pd.DataFrame,  # from `compare_to_baselines`
+                      digits: int = 3,  # decimals
+                     ) -> pd.DataFrame:
+    "A display table of the comparisons: both values, the difference, its 95 % interval, p before and after Holm, ✓ where it held."
+    c = comparisons
+    num = lambda v, sign='': 'n/a' if pd.isna(v) else f'{v:{sign}.{digits}f}'
+    p = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'
+    return pd.DataFrame({'task': c['task'], 'representation': c['name'], 'baseline': c['baseline_name'], 'clusterer': c['clusterer'],
+                         'metric': c['metric'].str.upper(), 'seeds': c['seeds'], 'songs': c['songs'], 'value': c['value'].map(num),
+                         'baseline value': c['baseline_value'].map(num), 'difference': c['diff'].map(lambda v: num(v, '+')),
+                         '95 % interval': [f"{num(a, '+')} to {num(b, '+')}" for a, b in zip(c['ci_low'], c['ci_high'])],
+                         'p': c['p'].map(p), 'p (Holm)': c['p_holm'].map(p), 'held': np.where(c['significant'], '✓', '')})
+
+def describe_data(root,  # the dataset folder the run read
+                  songs: int,  # songs that reached the models
+                 ) -> str:
+    "What a run's numbers are numbers of, for the Findings: the generated demo dataset, or so many songs of a real one."
+    from mmvae.data import DEMO_MARKER
+    if (Path(root)/DEMO_MARKER).is_file():
+        return f"the generated demo dataset ({songs} synthetic songs: these numbers check the code and say nothing about music)"
+    return f"{songs} songs of the dataset in `{'/'.join(Path(root).parts[-2:])}`"  # its last two folders: no local path
+
+def findings_markdown(comparisons: pd.DataFrame,  # `compare_to_baselines` of this page's family (MAIN_CLUSTERER rows)
+                      summary: pd.DataFrame,  # `summarize_runs` of the same runs, with the chance levels
+                      data: str,  # `describe_data` of the run
+                      family: str = "this task's",  # whose comparisons form the Holm family, for the text
+                      alpha: float = 0.05,  # the family-wise error rate they were corrected at
+                     ) -> str:
+    "The Findings block of a page in Markdown: what was compared on what, what held after Holm's correction, the chance level, the main table; all comparisons folded."
+    s = summary[summary['clusterer'] == MAIN_CLUSTERER]
+    seeds = sorted(set(comparisons['seeds'])) if len(comparisons) else []
+    pairs = comparisons.drop_duplicates(['task', 'representation'])
+    head = (f"On {data}, {'/'.join(map(str, seeds)) or 'no'} seed{'' if seeds == [1] else 's'}, {MAIN_CLUSTERER} with k = 5: each learned representation against PCA on "
+            f"the same inputs ({'; '.join(f'{r.name} vs {r.baseline_name}' for r in pairs.itertuples()) or 'none named a baseline'}), "
+            f"paired over seeds and bootstrapped over songs, Holm-corrected over {family} comparisons.")
+    chance = [f"{m.upper()} {s[f'{m}_null_mean'].mean():.3f} (95th percentile {s[f'{m}_null95_mean'].mean():.3f})"
+              for m in ('acc', 'nmi', 'ami') if f'{m}_null95_mean' in s and s[f'{m}_null95_mean'].notna().any()]
+    clear = [f"{(s['acc_mean'] > s['acc_null95_mean']).sum()} of {len(s)}"] if 'acc_null95_mean' in s else []
+    bullets = comparison_sentences(comparisons, alpha)
+    if chance: bullets.append("Chance level (random partitions with the same cluster sizes, averaged over the rows): " + ', '.join(chance)
+                              + (f"; {clear[0]} rows clear the 95th percentile of ACC." if clear else '.'))
+    t = format_pm(s, [m for m in ('acc', 'nmi', 'ami', 'ari') if f'{m}_mean' in s], index=['name'])
+    nmi = comparisons[comparisons['metric'] == 'nmi'].set_index('name') if len(comparisons) else pd.DataFrame()
+    t['NMI − baseline (95 % interval), p Holm'] = [
+        f"{nmi.loc[n, 'diff']:+.3f} ({nmi.loc[n, 'ci_low']:+.3f} to {nmi.loc[n, 'ci_high']:+.3f}), {nmi.loc[n, 'p_holm']:.3g}"
+        if n in nmi.index else '' for n in t.index]
+    parts = ['## Findings', '', head, '', *(f'- {b}' for b in bullets), '', markdown_table(t.rename_axis('representation').reset_index())]
+    if len(comparisons):
+        parts += ['', '<details><summary>Every comparison of this family</summary>', '', markdown_table(comparisons_table(comparisons)), '', '</details>']
+    return '\n'.join(parts) + '\n'
+
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8ed845af
 EASY_INPUTS = ('summary', 'musicnn')  # the easy task's inputs: the hand-made audio summary (`feats.audio`) and the musicnn embedding (`feats.musicnn`)

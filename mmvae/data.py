@@ -271,7 +271,7 @@ def load_manifest(path) -> pd.DataFrame:  # dataset folder (download or `dataset
         problems[i].append('no audio, lyrics or MIDI file')
     df['problems'] = ['; '.join(problems[i]) for i in ids]
     n_bad = int((df['problems'] != '').sum())
-    if n_bad: warnings.warn(f"{n_bad} of {len(df)} songs in {root} have problems (see the 'problems' column)")
+    if n_bad: warnings.warn(f"{n_bad} of {len(df)} songs in the dataset folder '{root.name}' have problems (see the 'problems' column)")  # no local path: it shows in shared notebooks
     df = df.reset_index()
     df.attrs['root'] = str(root)
     df.attrs['skipped'] = _as_records(skipped)

@@ -4,8 +4,9 @@
 
 # %% ../nbs/01_features.ipynb #ebae2764
 from __future__ import annotations
-import copy, hashlib, json, os, re, threading, time, warnings
+import copy, hashlib, json, os, re, sys, tempfile, threading, time, warnings
 from asyncio import CancelledError
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, TimeoutError as FutureTimeout, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,14 +35,14 @@ from .data import (SKIPPED_COLUMNS, MediaError, clip_seconds, load_manifest, man
 __all__ = ['CONFIG_FIELDS', 'EXTRACTOR_VERSION', 'INTERVALS', 'PULSE_BPM', 'ONSET_MIN_DB', 'AUDIO_AFFECT_NAMES',
            'LYRICS_AFFECT_NAMES', 'VADER_MAX_LINES', 'VADER_STRONG', 'PITCH_CLASSES', 'GM_FAMILIES',
            'MIDI_FEATURE_NAMES', 'MIDI_TEMPO_RANGE', 'MUSICNN_SR', 'MUSICNN_N_FFT', 'MUSICNN_HOP', 'MUSICNN_N_MELS',
-           'MUSICNN_PATCH_FRAMES', 'MUSICNN_TAGS', 'MUSICNN_WEIGHTS', 'FeatureConfig', 'decode_audio', 'magnitude_stft',
-           'memo', 'rolloff_bins', 'key_correlations', 'estimate_key', 'key_mode', 'tonal_profile', 'pulse_clarity',
-           'onset_density', 'loudness_range', 'audio_affect', 'audio_feature_names', 'audio_features', 'extract_audio',
-           'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows', 'lyrics_embeddings', 'vader_version',
-           'lyrics_sentiment', 'plausible_tempi', 'midi_features', 'extract_midi', 'musicnn_logmel', 'musicnn_patches',
-           'FrontEndBranch', 'MusicNN', 'musicnn_state_dict', 'load_musicnn', 'musicnn_embed', 'musicnn_features',
-           'extract_musicnn', 'file_digest', 'entry_key', 'decoder_environment', 'FeatureStore', 'cpu_cores',
-           'process_pool', 'FeatureSet', 'build_features', 'Study', 'load_study']
+           'MUSICNN_PATCH_FRAMES', 'MUSICNN_TAGS', 'MUSICNN_WEIGHTS', 'FeatureConfig', 'decoder_messages', 'tally',
+           'decode_audio', 'magnitude_stft', 'memo', 'rolloff_bins', 'key_correlations', 'estimate_key', 'key_mode',
+           'tonal_profile', 'pulse_clarity', 'onset_density', 'loudness_range', 'audio_affect', 'audio_feature_names',
+           'audio_features', 'extract_audio', 'clean_lyrics', 'lyrics_lsa', 'text_model', 'lyrics_windows',
+           'lyrics_embeddings', 'vader_version', 'lyrics_sentiment', 'plausible_tempi', 'midi_features', 'extract_midi',
+           'musicnn_logmel', 'musicnn_patches', 'FrontEndBranch', 'MusicNN', 'musicnn_state_dict', 'load_musicnn',
+           'musicnn_embed', 'musicnn_features', 'extract_musicnn', 'file_digest', 'entry_key', 'decoder_environment',
+           'FeatureStore', 'cpu_cores', 'process_pool', 'FeatureSet', 'build_features', 'Study', 'load_study']
 
 # %% ../nbs/01_features.ipynb #0709ae6b
 @dataclass(frozen=True)
@@ -71,11 +72,11 @@ CONFIG_FIELDS = {  # extractor → the settings it reads
     'lyrics_vader': (),
     'musicnn': ('duration', 'offset'),
     'midi': ()}
-EXTRACTOR_VERSION = {'audio': 3, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'lyrics_vader': 1, 'musicnn': 1, 'midi': 2}  # bump when an extractor's code changes
+EXTRACTOR_VERSION = {'audio': 4, 'lyrics_lsa': 2, 'lyrics_emb': 2, 'lyrics_vader': 1, 'musicnn': 2, 'midi': 2}  # bump when an extractor's code changes
 
 # %% ../nbs/01_features.ipynb #6d85d066
-def decode_audio(path, config: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, int]:
-    "The clip as the audio extractor sees it: mono float32 at `config.sr`, exactly `config.duration` seconds (zero-padded), and the number of real samples."
+def _decode(path, config: FeatureConfig) -> tuple[np.ndarray, int]:
+    "`decode_audio` without its stderr capture."
     sr, duration, offset = config.sr, config.duration, config.offset
     n = int(round(sr * duration))
     try:
@@ -95,6 +96,34 @@ def decode_audio(path, config: FeatureConfig = FeatureConfig()) -> tuple[np.ndar
     if y.size == 0 or not np.isfinite(y).all(): raise MediaError(f"audio {path} has no usable samples")
     m = min(len(y), n)
     return np.pad(y[:n], (0, n - m)).astype(np.float32, copy=False), m
+
+@contextmanager
+def decoder_messages(lines: list):
+    "Append to `lines` what C libraries (libmpg123, ...) write to file descriptor 2 meanwhile, one line each, instead of letting it reach stderr."
+    with vars(mmvae).setdefault('_fd2_lock', threading.Lock()), tempfile.TemporaryFile() as tmp:  # fd 2 is one per process: one capture at a time
+        sys.stderr.flush()
+        saved = os.dup(2); os.dup2(tmp.fileno(), 2)
+        try: yield lines
+        finally:
+            os.dup2(saved, 2); os.close(saved); tmp.seek(0)
+            lines += [s for s in (l.strip() for l in tmp.read().decode('utf-8', 'replace').splitlines()) if s]
+
+def tally(lines: list) -> list[str]:
+    "Each distinct line once, in order, with `(×n)` when it came n > 1 times."
+    return [l if n == 1 else f"{l} (×{n})" for l, n in Counter(lines).items()]
+
+def decode_audio(path, config: FeatureConfig = FeatureConfig(),
+                 messages: list = None,  # collects the decoders' stderr lines (libmpg123's notes on a damaged MP3); None → left on stderr
+                ) -> tuple[np.ndarray, int]:
+    "The clip as the audio extractor sees it: mono float32 at `config.sr`, exactly `config.duration` seconds (zero-padded), and the number of real samples."
+    if messages is None: return _decode(path, config)
+    lines = []
+    try:
+        with decoder_messages(lines): return _decode(path, config)
+    except MediaError as e:
+        if lines: raise MediaError(f"{e} (the decoder said: {'; '.join(tally(lines))})") from None
+        raise
+    finally: messages += lines
 
 # %% ../nbs/01_features.ipynb #d51bfbf5
 def _hann(n: int) -> np.ndarray: return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
@@ -324,9 +353,10 @@ def audio_features(y: np.ndarray,  # mono samples at `config.sr`
     return out
 
 def extract_audio(path, config: FeatureConfig = FeatureConfig()) -> dict:
-    "Decode one clip and compute its audio features; a MediaError names an unreadable file."
-    y, n_valid = decode_audio(path, config)
-    return audio_features(y, config, n_valid=n_valid)
+    "Decode one clip and compute its audio features, with the decoder's stderr lines (`warnings`); a MediaError names an unreadable file."
+    messages = []
+    y, n_valid = decode_audio(path, config, messages)
+    return {**audio_features(y, config, n_valid=n_valid), 'warnings': np.array(messages, dtype=str)}
 
 # %% ../nbs/01_features.ipynb #983fc375
 _KW = r"(?:pre-?\s?chorus|chorus|verse|bridge|refrain|intro|outro|hook|repeat|instrumental|solo)"
@@ -646,9 +676,10 @@ def musicnn_features(y: np.ndarray,  # mono samples at 16 kHz
 
 # %% ../nbs/01_features.ipynb #8929aa89
 def extract_musicnn(path, config: FeatureConfig = FeatureConfig()) -> dict:
-    "Decode one clip at 16 kHz and describe it with musicnn: `embedding` (400) and `tags` (50); a MediaError names an unreadable file."
-    y, n_valid = decode_audio(path, replace(config, sr=MUSICNN_SR))
-    return musicnn_features(y[:n_valid])
+    "Decode one clip at 16 kHz and describe it with musicnn: `embedding` (400), `tags` (50) and the decoder's stderr lines (`warnings`); a MediaError names an unreadable file."
+    messages = []
+    y, n_valid = decode_audio(path, replace(config, sr=MUSICNN_SR), messages)
+    return {**musicnn_features(y[:n_valid]), 'warnings': np.array(messages, dtype=str)}
 
 # %% ../nbs/01_features.ipynb #6386738c
 def file_digest(path) -> str:
@@ -911,18 +942,20 @@ class FeatureSet:
     midi_names: list  # names of the MIDI columns
     mask: dict  # modality ('audio', 'lyrics', 'midi') → bool (n,), True where present and readable
     skipped: pd.DataFrame  # id, modality, path, reason: every input left out, by load_manifest or by extraction, once
+    decoder_warnings: pd.DataFrame  # id, modality, path, message, count: what the decoders wrote to stderr on files they decoded
     config: FeatureConfig = None  # the settings these features were extracted with
 
     def __len__(self): return len(self.ids)
 
     def describe(self) -> pd.DataFrame:
-        "Shape, songs present and files skipped (by the manifest or by extraction) per feature matrix."
+        "Shape, songs present, files skipped (by the manifest or by extraction) and files decoded with decoder warnings per feature matrix."
         rows = []
         for name, mod in (('audio', 'audio'), ('mel', 'audio'), ('audio_affect', 'audio'), ('musicnn', 'audio'), ('musicnn_tags', 'audio'),
                           ('lyrics_lsa', 'lyrics'), ('lyrics_emb', 'lyrics'),
                           ('lyrics_affect', 'lyrics'), ('midi', 'midi')):
             rows.append(dict(features=name, modality=mod, shape=str(getattr(self, name).shape), present=int(self.mask[mod].sum()),
-                             skipped=int((self.skipped['modality'] == mod).sum())))
+                             skipped=int((self.skipped['modality'] == mod).sum()),
+                             decoder_warnings=self.decoder_warnings.loc[self.decoder_warnings['modality'] == mod, 'path'].nunique()))
         return pd.DataFrame(rows).set_index('features')
 
 # %% ../nbs/01_features.ipynb #68abdffa
@@ -958,7 +991,7 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
                     lyrics_lsa=np.zeros((n, cfg.lsa_dim), np.float32), lyrics_emb=np.zeros((n, 384), np.float32),
                     lyrics_affect=np.zeros((n, len(LYRICS_AFFECT_NAMES)), np.float32), lyrics_affect_names=list(LYRICS_AFFECT_NAMES),
                     midi=np.zeros((n, len(midi_names)), np.float32), midi_names=midi_names,
-                    mask={m: np.zeros(n, bool) for m in ('audio', 'lyrics', 'midi')}, skipped=None, config=cfg)
+                    mask={m: np.zeros(n, bool) for m in ('audio', 'lyrics', 'midi')}, skipped=None, decoder_warnings=None, config=cfg)
     before = _from_manifest(manifest, modalities)  # left out by load_manifest
     listed = {(r['modality'], r['path']) for r in before if r['modality'] != 'metadata'}
     skipped = []
@@ -967,7 +1000,11 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
             skipped.append(dict(id=ids[row], modality=modality, path=str(path), reason=reason)); listed.add((modality, str(path)))
     done = {m: np.zeros(n, bool) for m in ('audio', 'musicnn', 'midi')}  # extractor → rows it has described
     modality_of = {'audio': 'audio', 'musicnn': 'audio', 'midi': 'midi'}
-    def accept(extractor, row, arrays):
+    heard = {}  # (row, modality, path) → the decoder's stderr lines, counted (the most any one of its extractors heard)
+    def accept(extractor, row, path, arrays):
+        if 'warnings' in arrays:
+            at = (row, modality_of[extractor], str(path))
+            heard[at] = heard.get(at, Counter()) | Counter(arrays['warnings'].tolist())
         if extractor == 'audio': fs.audio[row], fs.mel[row], fs.audio_affect[row] = arrays['summary'], arrays['mel'], arrays['affect']
         elif extractor == 'musicnn': fs.musicnn[row], fs.musicnn_tags[row] = arrays['embedding'], arrays['tags']
         else: fs.midi[row] = arrays['x']
@@ -989,11 +1026,11 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
                 key = entry_key(m, dg, cfg)
                 hit = store.get(m, key, decoder_environment(m))
                 if hit is None: tasks.append((m, row, str(p), key))
-                elif hit[0] == 'ok': accept(m, row, hit[1])
+                elif hit[0] == 'ok': accept(m, row, p, hit[1])
                 else: skip(row, modality, p, hit[1])
     for task, status, payload, *environment in _extract(tasks, cfg, n_jobs, client, progress, timeout):
         m, row, p, key = task
-        if status == 'ok': store.put(m, key, payload); accept(m, row, payload)
+        if status == 'ok': store.put(m, key, payload); accept(m, row, p, payload)
         else:
             if environment and environment[0]: store.put_error(m, key, payload, environment[0])
             skip(row, modality_of[m], p, payload)
@@ -1002,6 +1039,9 @@ def build_features(manifest: pd.DataFrame,  # from `mmvae.data.load_manifest`
 
     if 'lyrics' in modalities: _build_lyrics(fs, manifest, store, cfg, digests('lyrics'), skip)
     fs.skipped = pd.DataFrame(before + skipped, columns=list(SKIPPED_COLUMNS))
+    fs.decoder_warnings = pd.DataFrame([dict(id=ids[row], modality=mod, path=p, message=line, count=k)
+                                        for (row, mod, p), lines in sorted(heard.items(), key=lambda h: h[0][0]) for line, k in lines.items()],
+                                       columns=['id', 'modality', 'path', 'message', 'count'])
     if len(fs.skipped):
         warnings.warn(f"{len(fs.skipped)} input(s) skipped ({len(before)} by load_manifest, {len(skipped)} by extraction): "
                       + '; '.join(fs.skipped['reason'].head(3)) + (' ...' if len(fs.skipped) > 3 else '') + " (see FeatureSet.skipped)")

@@ -17,14 +17,15 @@ from sklearn.cross_decomposition import CCA
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 from .core import VAE, TrainConfig, TrainJob, seeded, mlp, recon_error, poe, modality_mask, modality_weights, standardize
-from .core import train_parallel, embed, reconstruct, active_units, linear_probe, cluster_runs, summarize_runs, compare
-from .core import fit_column, slug, write_results, TASK_DIRS, SUMMARY_KEYS, align_labels, latent_map, training_curves, verdict, mean_std
+from .core import train_parallel, embed, reconstruct, active_units, linear_probe, cluster_runs, summarize_runs
+from .core import fit_column, slug, write_results, TASK_DIRS, SUMMARY_KEYS, MAIN_CLUSTERER, align_labels, latent_map, curve_panels, mean_std
+from .data import mood_name
 
 # %% auto #0
 __all__ = ['AUDIO_FEATURES', 'LYRICS_FEATURES', 'CCA_NAME', 'MEDIUM_BASELINES', 'MEDIUM_CLUSTERERS', 'ConvEncoder', 'ConvDecoder',
            'ConvVAE', 'HybridVAE', 'balance_blocks', 'feature_vector', 'medium_inputs', 'init_balance', 'pca_inputs',
            'cca_embed', 'linear_baselines', 'medium_jobs', 'representation_table', 'recon_r2', 'vae_diagnostics',
-           'MediumRun', 'run_medium', 'medium_comparisons', 'medium_findings', 'vae_curves', 'kmeans_maps',
+           'MediumRun', 'run_medium', 'comparison_phrase', 'medium_findings', 'vae_curves', 'kmeans_maps',
            'reconstruction_figure', 'medium_reconstructions']
 
 # %% ../nbs/03_medium_hybrid.ipynb #92137b25
@@ -331,16 +332,6 @@ def run_medium(data: dict,  # `medium_inputs`' model inputs
     return MediumRun(runs, pd.concat(assigned, ignore_index=True), summarize_runs(runs, SUMMARY_KEYS),
                      latents, models, histories, pd.DataFrame(diagnostics), np.asarray(ids), seeds)
 
-# %% ../nbs/03_medium_hybrid.ipynb #5a93e5b7
-def medium_comparisons(summary: pd.DataFrame,  # `MediumRun.summary`
-                      ) -> list[str]:
-    "Sentences: each VAE against the PCA on its inputs, CCA against that PCA and the hybrid VAE, the VAEs against each other, the best pair by ACC."
-    best = summary.sort_values('acc_mean', ascending=False).iloc[0]
-    pairs = [*MEDIUM_BASELINES.items(), (CCA_NAME, 'PCA (musicnn + lyrics)'), ('Hybrid VAE', CCA_NAME), ('Hybrid VAE', 'Conv VAE')]
-    return [compare(summary, a, b) for a, b in pairs] + [
-        f"The best pair by ACC is {best['name']} + {best['clusterer']} ({best['acc_mean']:.3f} ± {best['acc_std']:.3f}); random partitions "
-        f"with its cluster sizes score {best['acc_null_mean']:.3f} on average (95th percentile {best['acc_null95_mean']:.3f}), the chance level."]
-
 # %% ../nbs/03_medium_hybrid.ipynb #142c1352
 def _span(s, fmt='{:.0f}'):
     "'lo–hi' of a series, or one value when both print alike."
@@ -352,11 +343,24 @@ def _evr(X, k: int, seed: int) -> float:
     X = np.asarray(X).reshape(len(X), -1)
     return float(PCA(k, random_state=seed).fit(X).explained_variance_ratio_.sum())
 
+def comparison_phrase(comparisons: pd.DataFrame,  # `compare_to_baselines` of the run (one family)
+           name: str,  # a representation's display name
+           metric: str = 'nmi',  # the compared metric
+          ) -> str:
+    "What the corrected test of `name` against its baseline says on `metric`: both values, the difference, its interval, Holm's p, the verdict."
+    c = comparisons[(comparisons['name'] == name) & (comparisons['metric'] == metric)]
+    if not len(c): return f"{name}: no {metric.upper()} comparison with a baseline"
+    r = c.iloc[0]
+    held = f"{'above' if r['diff'] > 0 else 'below'} it after Holm's correction" if r['significant'] else "no difference held after Holm's correction"
+    return (f"{r['clusterer']} {metric.upper()} {r['value']:.3f} vs {r['baseline_value']:.3f} for {r['baseline_name']} ({r['diff']:+.3f}, "
+            f"95 % interval {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, Holm p = {r['p_holm']:.3g}): {held}")
+
 def medium_findings(run: MediumRun,  # from `run_medium`
                     data: dict,  # its inputs
                     config: TrainConfig,  # how its VAEs trained (the validation share and the epoch limit)
+                    comparisons: pd.DataFrame,  # `compare_to_baselines` of its MAIN_CLUSTERER rows
                    ) -> list[str]:
-    "Why the VAEs land where they do: weights per song, R² against PCA's, latent use, probe, each VAE against its PCA, CCA, generalisation, DBSCAN."
+    "Why the VAEs land where they do: weights per song, R² against PCA's, latent use, probe, each VAE's test against its PCA, CCA's standing, generalisation, DBSCAN."
     s, first, n = run.summary, run.seeds[0], len(data['mel'])
     conv, hyb, pca, pml, cca = 'Conv VAE', 'Hybrid VAE', 'PCA', 'PCA (musicnn + lyrics)', CCA_NAME
     latent_dim, n_without = run.latents[pca, first].shape[1], int((~np.asarray(data['lyrics_mask'], bool)).sum())
@@ -365,7 +369,8 @@ def medium_findings(run: MediumRun,  # from `run_medium`
     dg = run.diagnostics.groupby('name', sort=False)
     r2, r2_sd, au, best_ep = dg['recon_r2'].mean(), dg['recon_r2'].std().fillna(0), dg['active_units'].mean(), dg['best_epoch'].mean()
     probe = s.drop_duplicates('name').set_index('name')['probe_f1_mean']
-    (conv_nmi, conv_sd), (pca_nmi, pca_sd), (hy, hy_sd), (pl, pl_sd), (cc, cc_sd) = (mean_std(s, r, 'nmi') for r in (conv, pca, hyb, pml, cca))
+    ms = {(r, m): mean_std(s, r, m, MAIN_CLUSTERER) for r in (pca, pml, cca, hyb) for m in ('nmi', 'acc')}
+    pm = lambda r, m: f"{m.upper()} {ms[r, m][0]:.3f} ± {ms[r, m][1]:.3f}"
     lines = [f"Data: {n} songs (minus the {config.val_frac:.0%} validation split) for ConvVAE {n_params[conv]:,} and HybridVAE "
              f"{n_params[hyb]:,} weights ({n_params[conv] / n:.0f} and {n_params[hyb] / n:.0f} per song).",
              f"Reconstruction: decoded from its posterior means, the ConvVAE explains R² = {r2[conv]:.2f} ± {r2_sd[conv]:.2f} of the "
@@ -373,23 +378,14 @@ def medium_findings(run: MediumRun,  # from `run_medium`
              f"musicnn variance ({latent_dim} PCA components: {evr[hyb]:.2f}).",
              f"Latent use: {au[conv]:.1f} (ConvVAE) and {au[hyb]:.1f} (HybridVAE) of {latent_dim} dimensions are active"
              + (" — no posterior collapse." if au.min() == latent_dim else " — the rest collapsed to the prior."),
-             "Linear probe macro-F1 (supervised view): " + ', '.join(f"{r} {probe[r]:.3f}" for r in probe.index) + "."]
-    conv_v = verdict(conv_nmi - pca_nmi, max(conv_sd, pca_sd))
-    keeps = (f"keeps less of the patch than PCA (R² {r2[conv]:.2f} vs {evr[conv]:.2f})" if r2[conv] < evr[conv] else
-             f"keeps at least as much of the patch as PCA (R² {r2[conv]:.2f} vs {evr[conv]:.2f})")
-    if conv_v == 'better': why = f"its nonlinear codes group the moods better, {'although' if r2[conv] < evr[conv] else 'and'} it {keeps}"
-    elif r2[conv] < evr[conv]: why = f"it {keeps}, whose components are already the best linear summary of the dominant spectral directions"
-    else: why = f"it {keeps}, but the extra detail is not what separates the moods"
-    probe_v = verdict(probe[conv] - probe[pca], 0.02, 'more', 'less')
-    same = probe_v == 'about the same'
-    lines.append(f"ConvVAE vs PCA on the same patches: K-Means NMI {conv_nmi:.3f} vs {pca_nmi:.3f} ({conv_v}): {why}. "
-                 f"A linear classifier finds {'as much' if same else probe_v} mood information in its codes "
-                 f"{'as' if same else 'than'} in PCA's (F1 {probe[conv]:.3f} vs {probe[pca]:.3f}; within ±0.02 counted as the same).")
-    than = {'better': 'better than', 'worse': 'worse than', 'about the same': 'about as well as'}
-    lines.append(f"musicnn + lyrics: the HybridVAE does {than[verdict(hy - pl, max(hy_sd, pl_sd))]} PCA on the same two blocks "
-                 f"(K-Means NMI {hy:.3f} vs {pl:.3f}) and {than[verdict(hy - cc, max(hy_sd, cc_sd))]} the CCA shared subspace ({cc:.3f}); "
-                 f"CCA does {than[verdict(cc - pl, max(cc_sd, pl_sd))]} PCA on the two blocks; both musicnn + lyrics codes against the "
-                 f"patch PCA: {pl:.3f} and {hy:.3f} vs {pca_nmi:.3f}. {n_without} of {n} songs have no lyrics and are encoded from audio alone.")
+             "Linear probe macro-F1 (supervised view, untested): " + ', '.join(f"{r} {probe[r]:.3f}" for r in probe.index) + ".",
+             f"ConvVAE vs PCA on the same patches: {comparison_phrase(comparisons, conv)}. It keeps {'less' if r2[conv] < evr[conv] else 'at least as much'} "
+             f"of the patch {'than' if r2[conv] < evr[conv] else 'as'} PCA (R² {r2[conv]:.2f} vs {evr[conv]:.2f}).",
+             f"HybridVAE vs PCA on the same two blocks (musicnn + lyrics): {comparison_phrase(comparisons, hyb)}. {n_without} of {n} songs have no lyrics "
+             f"and are encoded from audio alone.",
+             f"{cca}, the linear shared subspace, is not in the family (untested): {MAIN_CLUSTERER} {pm(cca, 'nmi')} and {pm(cca, 'acc')}, "
+             f"beside {pml} {pm(pml, 'nmi')} and {pm(pml, 'acc')} and the HybridVAE {pm(hyb, 'nmi')} and {pm(hyb, 'acc')} "
+             f"(patch PCA: {pm(pca, 'nmi')})."]
     gap = dg['lyrics_gap'].mean()[hyb]
     lines.append(f"Generalisation: the HybridVAE's best validation epoch is {best_ep[hyb]:.0f} on average (ConvVAE {best_ep[conv]:.0f}, "
                  f"of at most {config.epochs}); "
@@ -405,12 +401,11 @@ def medium_findings(run: MediumRun,  # from `run_medium`
     return lines
 
 # %% ../nbs/03_medium_hybrid.ipynb #8068b1d4
-def vae_curves(run: MediumRun) -> dict:
-    "Training curves of each VAE, one colour per seed: display name → figure."
-    vaes = list(dict.fromkeys(n for n, _ in run.histories))
-    return {n: training_curves({f'seed {s}': run.histories[n, s] for s in run.seeds},
-                               title=f'{n} (latent {run.models[n, run.seeds[0]].latent_dim}, β = {run.models[n, run.seeds[0]].beta})')
-            for n in vaes}
+def vae_curves(run: MediumRun) -> go.Figure:
+    "Training curves of the VAEs, one small panel per model, one colour per seed (`curve_panels`)."
+    first = {n: run.models[n, run.seeds[0]] for n, _ in run.histories}
+    return curve_panels({f'{n} (latent {m.latent_dim}, β = {m.beta:g})': {f'seed {s}': run.histories[n, s] for s in run.seeds} for n, m in first.items()},
+                        title='Training curves of the VAEs: total loss per epoch')
 
 # %% ../nbs/03_medium_hybrid.ipynb #4176de9f
 def kmeans_maps(run: MediumRun,  # from `run_medium`
@@ -419,13 +414,14 @@ def kmeans_maps(run: MediumRun,  # from `run_medium`
                 method: str = 'tsne',  # 2-D projection: 'tsne' or 'umap'
                 cache=None,  # folder of projections (see `project_2d`)
                ) -> dict:
-    "Latent maps of the first seed, coloured by mood and by K-Means clusters named after their matched mood: display name → figure."
+    "Latent maps of the first seed, coloured by mood and by K-Means clusters named after their matched mood (`mood_name`): display name → figure."
     seed = run.seeds[0]
     km = run.assignments[(run.assignments.seed == seed) & (run.assignments.clusterer == 'kmeans')]
     maps = {}
     for name in run.names:
         pred = align_labels(y, km[km.representation == slug(name)].set_index('id').loc[run.ids, 'label'].to_numpy())
-        maps[name] = latent_map(run.latents[name, seed], {'mood (true)': y, 'K-Means (named by matched mood)': pred}, method=method,
+        named = {'mood (true)': [mood_name(v) for v in y], 'K-Means (named by matched mood)': [mood_name(v) for v in pred]}
+        maps[name] = latent_map(run.latents[name, seed], named, method=method,
                                 hover=hover, title=f'{name}: {method}, seed {seed}', random_state=seed, cache=cache)
     return maps
 
@@ -458,5 +454,5 @@ def medium_reconstructions(run: MediumRun,  # from `run_medium`
         rec = reconstruct(run.models[name, run.seeds[0]], subset)
         if not isinstance(rec, dict): rows[name] = rec
         elif 'mel' in rec: rows[name] = rec['mel']
-    return reconstruction_figure(rows, titles=[f'{run.ids[i]} (cluster {y[i]})' for i in show],
+    return reconstruction_figure(rows, titles=[f'{run.ids[i]} ({mood_name(y[i])})' for i in show],
                                  title='Log-mel patches: input vs reconstruction (standardised)')

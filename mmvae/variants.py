@@ -16,13 +16,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
-from .data import PAPER_F1
+from .data import PAPER_F1, mood_name
 from .features import Study
 from .hybrid import AUDIO_FEATURES, LYRICS_FEATURES, balance_blocks, feature_vector
 from .core import VAE, MLPVAE, ModelOutput, mlp, recon_error, poe, modality_mask, modality_weights, standardize, as_list
 from .core import TrainConfig, TrainJob, fit_model, train_parallel, embed, reconstruct, model_device
-from .core import cluster_runs, score_clustering, linear_probe, summarize_runs, format_pm, compare, mean_std, verdict, hungarian_accuracy, align_labels
-from .core import chance_levels
+from .core import cluster_runs, score_clustering, linear_probe, summarize_runs, format_pm, hungarian_accuracy, align_labels
+from .core import chance_levels, compare_to_baselines, describe_data, findings_markdown, MAIN_CLUSTERER
 from .core import confusion, fit_column, latent_map, slug, write_results, TASK_DIRS, SUMMARY_KEYS
 
 # %% auto #0
@@ -32,7 +32,8 @@ __all__ = ['LABEL_COLUMNS', 'OWN_PRIOR', 'HARD_AUDIO_FEATURES', 'PATTERN_METRICS
            'HardInputs', 'hard_inputs', 'balanced_concat', 'hard_baselines', 'baseline_name', 'hard_jobs', 'hard_table',
            'pattern_scores', 'pattern_summary', 'pattern_table', 'HardResult', 'run_hard', 'write_hard',
            'robustness_summary', 'robustness_bars', 'robustness_sentences', 'latent_maps', 'trimodal_reconstruction',
-           'composition_figure', 'confusion_figures', 'against_baselines', 'hard_verdicts', 'pattern_sentences']
+           'composition_figure', 'confusion_figures', 'cluster_use', 'mixture_sentence', 'pattern_sentences',
+           'hard_findings']
 
 # %% ../nbs/04_hard_variants.ipynb #9057ce58
 class AE(MLPVAE):
@@ -630,7 +631,7 @@ def robustness_bars(summary: pd.DataFrame,  # from `robustness_summary`
 def robustness_sentences(summary: pd.DataFrame,  # from `robustness_summary`
                         ) -> list[str]:
     "One sentence per model and hidden modality: how far hiding it moves the songs that have it."
-    return [f"hiding {r.modality} ({r.n_songs} songs have it): the {r.name} moves songs by {r.relative_shift_mean:.2f} of the latent spread"
+    return [f"{r.name}, {r.modality} hidden ({r.n_songs} songs have it): their codes move by {r.relative_shift_mean:.2f} of the latent spread"
             for r in summary.itertuples()]
 
 # %% ../nbs/04_hard_variants.ipynb #7f9b1d35
@@ -681,25 +682,33 @@ def trimodal_reconstruction(result: HardResult,  # from `run_hard`
 def composition_figure(result: HardResult,  # from `run_hard`
                        shown=(('VaDE', OWN_PRIOR), ('MoPoE', 'kmeans'), ('PCA (balanced modalities)', 'kmeans')),  # (name, clusterer) runs, one panel each
                       ) -> go.Figure:
-    "Stacked bars per found cluster (first seed) of the CVAE's condition: does a clustering only rediscover the metadata?"
-    cond, names = result.inputs.cond, result.inputs.cond_names
-    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[f'{n} ({c})' for n, c in shown], shared_yaxes=True)
+    "Each found cluster's shares of the CVAE's condition values (first seed), stacked to 1; clusters named by their matched mood: does a clustering only rediscover the metadata?"
+    cond, names, y = result.inputs.cond, result.inputs.cond_names, result.inputs.y
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[f'{n}<br>{c}' for n, c in shown], shared_yaxes=True, horizontal_spacing=0.04)
     palette = [f'hsl({h},60%,55%)' for h in np.linspace(0, 330, len(names)).astype(int)]
     for col, (name, clusterer) in enumerate(shown, 1):
-        tab = pd.crosstab(result.labels(name, clusterer), cond.to_numpy()).reindex(columns=names, fill_value=0)
+        matched = align_labels(y, result.labels(name, clusterer))  # found clusters renamed to their Hungarian-matched mood
+        tab = pd.crosstab(matched, cond.to_numpy(), normalize='index').reindex(columns=names, fill_value=0)
+        size = pd.Series(matched).value_counts()
+        x = [f'{mood_name(m)}<br>{size[m]} songs' for m in tab.index]
         for j, g in enumerate(names):
-            fig.add_trace(go.Bar(x=[f'c{c}' for c in tab.index], y=tab[g], name=g, marker_color=palette[j], showlegend=col == 1, legendgroup=g), 1, col)
-    fig.update_layout(barmode='stack', title=f'Cluster composition by {cond.name}', template='plotly_white', yaxis_title='songs')
-    return fig
+            fig.add_trace(go.Bar(x=x, y=tab[g], name=g, marker_color=palette[j], showlegend=col == 1, legendgroup=g,
+                                 hovertemplate=f'{g}: %{{y:.0%}}<extra>%{{x}}</extra>'), 1, col)
+    fig.update_layout(barmode='stack', title=f'Cluster composition by {cond.name}: share of each found cluster', template='plotly_white', height=480,
+                      margin=dict(t=110), legend=dict(orientation='h', yanchor='top', y=-0.2, x=0, title=cond.name))
+    fig.update_yaxes(tickformat='.0%', range=[0, 1]); fig.update_yaxes(title_text="share of the cluster's songs", col=1)
+    fig.update_xaxes(title_text='found cluster, named by its matched mood', row=1, col=(len(shown) + 1) // 2)
+    return fit_column(fig, 1300)
+
 
 # %% ../nbs/04_hard_variants.ipynb #5a7c9e1b
 def confusion_figures(result: HardResult,  # from `run_hard`
                      ) -> dict:
-    "The confusion matrix (`confusion`) of every run of the first seed, titled with its ACC: file stem → figure."
+    "The confusion matrix (`confusion`) of every run of the first seed, mood names on its rows, titled with its ACC on a second line: file stem → figure."
     y, figs = result.inputs.y, {}
     for rep, name, clusterer in result.runs[['representation', 'name', 'clusterer']].drop_duplicates().itertuples(index=False):
         labels = result.labels(name, clusterer)
-        figs[f'confusion_{rep}_{slug(clusterer)}'] = confusion(y, labels, title=f'{name} + {clusterer}: mood vs found cluster (ACC {hungarian_accuracy(y, labels):.3f})')
+        figs[f'confusion_{rep}_{slug(clusterer)}'] = confusion(y, labels, title=f'{name} + {clusterer}<br><sub>mood vs found cluster, ACC {hungarian_accuracy(y, labels):.3f}</sub>')
     return figs
 
 # %% ../nbs/04_hard_variants.ipynb #6c8e0a2d
@@ -708,47 +717,28 @@ def _pm(row, metric):
     m, s = row[f'{metric}_mean'], row[f'{metric}_std']
     return f'{m:.3f}' if pd.isna(s) else f'{m:.3f} ± {s:.3f}'
 
-def against_baselines(summary: pd.DataFrame,  # `HardResult.summary()`
-                      runs: pd.DataFrame,  # `HardResult.runs`, with the `baseline` column
-                      metric: str = 'nmi',  # the metric compared
-                     ) -> str:
-    "One sentence: each learned model's K-Means `metric` minus that of PCA on its own inputs, with the verdict of `verdict` (the larger seed spread)."
-    base = runs.drop_duplicates('representation').set_index('representation')['baseline']
-    parts = []
-    for rep in [r for r in base.index if base[r]]:
-        (ma, sa), (mb, sb) = mean_std(summary, rep, metric), mean_std(summary, base[rep], metric)
-        name = summary.loc[summary['representation'] == rep, 'name'].iloc[0]
-        parts.append(f"{name} {ma - mb:+.3f} ({verdict(ma - mb, max(sa, sb))})")
-    return f"Against PCA on its own inputs (K-Means {metric.upper()}, learned minus PCA): " + '; '.join(parts) + '.'
+def cluster_use(labels,  # one clustering's predicted clusters
+               ) -> dict:
+    "How evenly a clustering fills its clusters: the share of songs in the largest, and the effective number of clusters (exp of the entropy of the shares)."
+    p = pd.Series(np.asarray(labels)).value_counts(normalize=True).to_numpy()
+    return dict(largest_share=float(p.max()), effective_clusters=float(np.exp(-(p * np.log(p)).sum())))
 
-def hard_verdicts(result: HardResult,  # from `run_hard`
-                 ) -> list[str]:
-    "The sentences that read the hard task's numbers: best clustering, each model against PCA on its inputs, MoPoE, the twin, VaDE's mixture, the probe."
-    summary = result.summary()
-    s, n, n_complete = summary.set_index(['representation', 'clusterer']), len(result.inputs.ids), int(result.inputs.complete.sum())
-    best, base = s['acc_mean'].idxmax(), s.loc[('pca', 'kmeans')]
-    out = [f"Over {len(result.seeds)} seed(s) on {n} songs, the best unsupervised clustering is {s.loc[best, 'name']} + {best[1]} "
-           f"(ACC {_pm(s.loc[best], 'acc')}, NMI {s.loc[best, 'nmi_mean']:.3f}; by chance, random partitions with its cluster sizes score ACC "
-           f"{s.loc[best, 'acc_null_mean']:.3f} and NMI {s.loc[best, 'nmi_null_mean']:.3f} on average, 95th percentiles {s.loc[best, 'acc_null95_mean']:.3f} "
-           f"and {s.loc[best, 'nmi_null95_mean']:.3f}); PCA of the audio block + K-Means reaches ACC {_pm(base, 'acc')} (chance {base['acc_null_mean']:.3f})."]
-    out.append(against_baselines(summary, result.runs, 'nmi'))
-    if ('mopoe', 'kmeans') in s.index:
-        out.append(compare(summary, 'MoPoE', 'PCA (balanced modalities)') + ' ' + compare(summary, 'MoPoE', 'tri-modal VAE'))
-    if ('tri_modal_vae_complete_songs_only', 'kmeans') in s.index:
-        t, c = s.loc[('tri_modal_vae', 'kmeans')], s.loc[('tri_modal_vae_complete_songs_only', 'kmeans')]
-        out.append(compare(summary, 'tri-modal VAE', 'tri-modal VAE (complete songs only)', metric='acc')
-                   + f" The twin was trained on the {n_complete} complete songs only, the tri-modal VAE on all {n}; "
-                   f"linear-probe macro-F1 {t['probe_f1_mean']:.3f} vs {c['probe_f1_mean']:.3f}.")
-    elif ('tri_modal_vae', 'kmeans') in s.index:
-        out.append(f"With {n_complete} complete songs the tri-modal VAE's complete-songs-only twin was not trained.")
-    if ('vade', OWN_PRIOR) in s.index:
-        k = next(job.kwargs['k'] for job in result.jobs.values() if job.model is VaDE)
-        out.append(f"VaDE's mixture assignments (uniform π) use {s.loc[('vade', OWN_PRIOR), 'n_clusters_mean']:.1f} of its {k} components on average "
-                   f"(K-Means always fills {k}) and score NMI {_pm(s.loc[('vade', OWN_PRIOR)], 'nmi')}; K-Means on VaDE's codes scores {_pm(s.loc[('vade', 'kmeans')], 'nmi')}.")
-    bp = summary.drop_duplicates('representation').sort_values('probe_f1_mean', ascending=False).iloc[0]
-    out.append(f"Highest linear-probe macro-F1: {bp['name']} ({_pm(bp, 'probe_f1')}); "
-               f"the dataset paper reports {' and '.join(f'{v:.3f} ({name})' for name, v in PAPER_F1.items())}.")
-    return out
+
+# %% ../nbs/04_hard_variants.ipynb #f60f8769
+def mixture_sentence(result: HardResult,  # from `run_hard`
+                    ) -> str:
+    "How VaDE's own mixture fills its components over the seeds (`cluster_use`), beside K-Means on the same codes, and both NMIs; '' without VaDE."
+    if not ((result.runs['representation'] == 'vade') & (result.runs['clusterer'] == OWN_PRIOR)).any(): return ''
+    k = next(job.kwargs['k'] for job in result.jobs.values() if job.model is VaDE)
+    own, km = (pd.DataFrame([cluster_use(result.labels('VaDE', c, s)) for s in result.seeds]) for c in (OWN_PRIOR, 'kmeans'))
+    s = result.summary().set_index(['representation', 'clusterer'])
+    share = own['largest_share']
+    spread = f' (from {share.min():.0%} to {share.max():.0%} over the {len(share)} seeds)' if len(share) > 1 else ''
+    return (f"VaDE's own mixture (uniform π, {k} components) puts on average {share.mean():.0%} of the songs in its largest component{spread}; "
+            f"its effective number of clusters (exp of the entropy of the cluster shares) is {own['effective_clusters'].mean():.1f} of {k}, "
+            f"against {km['effective_clusters'].mean():.1f} for K-Means on the same codes (largest cluster {km['largest_share'].mean():.0%}). "
+            f"NMI of the mixture's assignments {_pm(s.loc[('vade', OWN_PRIOR)], 'nmi')}; of K-Means on VaDE's codes {_pm(s.loc[('vade', 'kmeans')], 'nmi')}.")
+
 
 # %% ../nbs/04_hard_variants.ipynb #cf5714b1
 def pattern_sentences(summary: pd.DataFrame,  # from `pattern_summary`
@@ -762,3 +752,26 @@ def pattern_sentences(summary: pd.DataFrame,  # from `pattern_summary`
     return [f"{p} ({g['n_songs'].iloc[0]} songs), {metric.upper()}: " + ', '.join(f"{r['name']} {_pm(r, metric)}{chance(r)}"
                                                                           for _, r in g.sort_values(f'{metric}_mean', ascending=False).iterrows())
             for p, g in s.groupby('pattern', sort=False)]
+
+# %% ../nbs/04_hard_variants.ipynb #96c92f35
+def hard_findings(result: HardResult,  # from `run_hard`
+                  comparisons: pd.DataFrame,  # `compare_to_baselines` of the run's MAIN_CLUSTERER rows
+                  data: str,  # `describe_data` of the run
+                 ) -> str:
+    "The hard task's Findings in Markdown: `findings_markdown` of its comparisons, then per-pattern NMI, cross-modal robustness, VaDE's own mixture, the probe."
+    summary, bullets = result.summary(), lambda lines: [f'- {line}' for line in lines]
+    base = result.runs.drop_duplicates('representation').set_index('representation')['baseline']
+    multi = [r for r in base.index if r == 'pca_balanced_modalities' or base[r] == 'pca_balanced_modalities'] + ['pca']
+    parts = [findings_markdown(comparisons, summary, data)]
+    if result.patterns is not None and len(result.patterns):
+        parts += [f'**Per modality pattern** (one {MAIN_CLUSTERER} clustering of all songs, scored on the songs of each pattern; NMI, highest first):', '',
+                  *bullets(pattern_sentences(pattern_summary(result.patterns), multi, 'nmi', MAIN_CLUSTERER)), '']
+    if len(result.robustness):
+        parts += ["**Cross-modal robustness** (how far hiding a modality moves a song's code; 0: not at all, about 1.4: as far as a random other song):", '',
+                  *bullets(robustness_sentences(robustness_summary(result.robustness))), '']
+    bp = summary.drop_duplicates('representation').sort_values('probe_f1_mean', ascending=False).iloc[0]
+    probe = (f"Linear probe (supervised, not comparable with the clustering scores): highest macro-F1 {bp['name']} ({_pm(bp, 'probe_f1')}); "
+             f"the dataset paper reports {' and '.join(f'{v:.3f} ({name})' for name, v in PAPER_F1.items())}.")
+    parts += ['**Also measured:**', '', *bullets([s for s in (mixture_sentence(result), probe) if s])]
+    return '\n'.join(parts) + '\n'
+

@@ -86,6 +86,8 @@ def build_corpus(tmp: Path) -> tuple[Path, list[Case]]:
     _write_audio(A/'007.mp3', 3.0, tone=False); case('silence', 'audio', '007', 'kept')
     (A/'008.mp3').unlink(); (A/'008.mp3').symlink_to(tmp/'nowhere'/'008.mp3')
     case('dangling symlink in Audio/', 'audio', '008', 'manifest', r'symlink|link|does not exist|missing|cannot')
+    raw = bytearray((A/'019.mp3').read_bytes()); raw[len(raw) // 2:len(raw) // 2 + 400] = bytes(400); (A/'019.mp3').write_bytes(raw)
+    case('MP3 with a damaged frame (decoded, libmpg123 notes it)', 'audio', '019', 'kept')
     _write_audio(A/'009.wav', 3.0, fmt='WAV'); case('second audio file for one id (009.wav beside 009.mp3)', 'audio', '009', 'manifest', r'duplicate|more than one|also')
     # lyrics
     (L/'010.txt').write_bytes(b''); case('zero-byte lyrics', 'lyrics', '010', 'manifest', r'empty')
@@ -166,6 +168,13 @@ def _check_skipped(skipped: pd.DataFrame, cases, where: str):
         assert named in reason, f"{where}: {c.name}: reason {reason!r} does not name the file"
 
 
+def _check_decoder_warnings(warned: pd.DataFrame, skipped: pd.DataFrame):
+    "The damaged frame's notes are listed with its file, which is kept; no skipped file is listed."
+    assert set(warned['modality']) == {'audio'} and '019' in set(warned['id'].astype(str))
+    assert warned.loc[warned['id'].astype(str) == '019', 'message'].str.contains('Illegal Audio-MPEG-Header').any()
+    assert not set(warned['path']) & set(skipped['path'])
+
+
 def test_manifest_on_the_corpus(corpus):
     tmp, download, cases = corpus
     before = _tree_digest(download)
@@ -236,6 +245,7 @@ def test_features_on_the_corpus(corpus):
     d = fs.describe()
     for features, mod in (('audio', 'audio'), ('lyrics_emb', 'lyrics'), ('midi', 'midi')):
         assert d.loc[features, 'skipped'] == sum(c.skipped and c.modality == mod for c in cases), features
+    _check_decoder_warnings(fs.decoder_warnings, fs.skipped)
     tempo = fs.midi[row['024'], fs.midi_names.index('tempo_file')]
     assert 20 <= tempo <= 400, tempo  # an absurd tempo event is not a feature
     assert np.isfinite(fs.audio).all() and np.isfinite(fs.midi).all() and np.isfinite(fs.lyrics_emb).all()
@@ -257,6 +267,7 @@ def test_reproduce_on_the_corpus(corpus):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     skipped = pd.read_csv(out/'results'/'features'/'skipped.csv', dtype={'id': str}, keep_default_na=False)
     _check_skipped(skipped, cases, 'skipped.csv')
+    _check_decoder_warnings(pd.read_csv(out/'results'/'features'/'decoder_warnings.csv', dtype={'id': str}, keep_default_na=False), skipped)
     assert len(skipped) == sum(c.skipped for c in cases)
     shapes = pd.read_csv(out/'results'/'features'/'feature_shapes.csv', index_col=0)
     assert shapes.loc['audio', 'skipped'] == sum(c.skipped and c.modality == 'audio' for c in cases)

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mmvae.core import RUN_KEYS, TrainConfig, embed, read_runs, recon_error
-from mmvae.hybrid import (CCA_NAME, MEDIUM_BASELINES, ConvEncoder, ConvVAE, HybridVAE, balance_blocks, cca_embed, linear_baselines,
-                          medium_comparisons, medium_findings, medium_inputs, medium_jobs, pca_inputs, representation_table, run_medium)
+from mmvae.core import MAIN_CLUSTERER, RUN_KEYS, TrainConfig, compare_to_baselines, embed, read_runs, recon_error
+from mmvae.hybrid import (CCA_NAME, MEDIUM_BASELINES, ConvEncoder, ConvVAE, HybridVAE, balance_blocks, cca_embed, comparison_phrase, linear_baselines,
+                          medium_findings, medium_inputs, medium_jobs, pca_inputs, representation_table, run_medium)
 
 SHAPE, AUD, LYR, LAT = (32, 32), 40, 12, 4
 
@@ -213,8 +213,11 @@ def test_run_medium_end_to_end(tmp_path):
     assert (tmp_path/'medium_task'/'vae_diagnostics.csv').is_file()
     assert sorted(p.name for p in (tmp_path/'medium_task'/'latents').iterdir()) == [
         'cca_musicnn_lyrics.npz', 'conv_vae.npz', 'hybrid_vae.npz', 'pca.npz', 'pca_musicnn_lyrics.npz']
-    assert medium_comparisons(run.summary)[1].startswith('With kmeans, Hybrid VAE scores NMI')
-    assert f"{int((~data['lyrics_mask']).sum())} of 29 songs have no lyrics" in medium_findings(run, data, TrainConfig(epochs=2))[5]
+    comparisons = compare_to_baselines(run.runs[run.runs.clusterer == MAIN_CLUSTERER], run.assignments, pd.Series(y, index=ids), n_boot=200)
+    assert set(zip(comparisons['name'], comparisons['baseline_name'])) == set(MEDIUM_BASELINES.items())
+    lines = medium_findings(run, data, TrainConfig(epochs=2), comparisons)
+    assert comparison_phrase(comparisons, 'Hybrid VAE') in lines[5] and 'for PCA (musicnn + lyrics)' in lines[5]
+    assert f"{int((~data['lyrics_mask']).sum())} of 29 songs have no lyrics" in lines[5]
 
 
 def test_every_vae_has_its_pca_baseline_on_exactly_its_inputs():

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TOP
 from mmvae.analysis import NOTEBOOKS, ReproduceError, compare_study, explorer, main, notebooks_dir, reproduce
-from mmvae.core import COMPARISON_COLUMNS, TASK_DIRS, baseline_pairs, cluster_runs, latent_files, read_assignments, read_runs, slug, summarize_runs, write_results
+from mmvae.core import COMPARISON_COLUMNS, TASK_DIRS, baseline_pairs, cluster_runs, latent_files, read_assignments, read_latent, read_runs, slug, summarize_runs, write_results
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 STUDY_KEYS = ['task', 'representation', 'name', 'clusterer']  # the study table's groups (05)
@@ -74,6 +74,28 @@ def test_explorer_offers_every_saved_space(tiny_run):
     names = dict(zip(zip(runs['task'], runs['representation']), runs['name']))
     assert list(space.options) == [(f'{t}: {names[t, r]}', (t, r)) for t, r in latent_files(out/'results')]
     assert len(space.options) >= 10 and ('hard: tri-modal VAE', ('hard', 'tri_modal_vae')) in space.options
+
+
+def test_explorer_opens_coloured_by_mood(tiny_run):
+    "As a user opens it, untouched: the first space, coloured by mood, one legend entry (trace of one colour) per mood; a cluster listed with its count."
+    from mmvae.data import MOOD_NAMES, load_manifest, mood_name
+    out, _, _ = tiny_run
+    manifest = load_manifest(json.loads((out/'profile.json').read_text())['data_dir'])
+    box = explorer(out/'results', manifest, cache=out/'cache'/'maps')
+    (space, by), fig, (group, members) = box.children[0].children, box.children[1], box.children[2].children[1].children
+    assert space.value == space.options[0][1] and (by.value, by.label) == ('mood', 'true mood')
+    ids, mood = read_latent(latent_files(out/'results')[space.value])[0], manifest.set_index('id')['cluster']
+    moods = sorted(set(mood.loc[ids]))
+    assert [t.name for t in fig.data] == [mood_name(k) for k in moods] and all(k in MOOD_NAMES for k in moods)
+    assert all(isinstance(t.marker.color, str) and t.showlegend is not False for t in fig.data) and fig.layout.showlegend is not False
+    assert len({t.marker.color for t in fig.data}) == len(moods) and fig.layout.legend.title.text == 'true mood'
+    assert sorted(i for t in fig.data for i in t.customdata) == sorted(ids)  # every song of the space, once
+    assert all((mood.loc[list(t.customdata)] == k).all() for t, k in zip(fig.data, moods))  # each trace holds its mood's songs
+    n = len(fig.data[0].customdata)
+    assert group.label == mood_name(moods[0]) and members.value.startswith(f'<b>{min(20, n)} of {n} songs</b>')
+    by.value = 'kmeans'
+    assert by.label == 'kmeans clusters (named by matched mood)' and all(isinstance(t.marker.color, str) for t in fig.data)
+    assert {t.name for t in fig.data} <= {mood_name(k) for k in moods} | {f'unmatched cluster {k}' for k in range(6, 20)}
 
 
 def test_run_folder_cannot_shadow_imports(tiny_run):
@@ -285,27 +307,37 @@ def synthetic_results(tmp_path_factory):
 
 
 def test_explorer(synthetic_results, tmp_path):
-    "The explorer's widgets: a saved space by its display name, coloured by a clusterer's first seed; click a song, list a cluster."
+    "The explorer's widgets: it opens on the first space coloured by mood (one legend entry per mood); a clusterer's first seed, its clusters named by matched mood; click a song, list a cluster."
     from html import escape
     from plotly.callbacks import Points
+    from mmvae.analysis import legend_name
+    from mmvae.core import align_labels
+    from mmvae.data import mood_name
     results, manifest = synthetic_results
     box = explorer(results, manifest, cache=tmp_path/'maps')
     (space, by), fig, (left, right) = box.children[0].children, box.children[1], box.children[2].children
     (card, player), (group, members) = left.children, right.children
+    mood = manifest.set_index('id')['cluster']
     assert [label for label, _ in space.options] == ['easy: PCA', 'easy: VAE', 'hard: PCA', 'hard: tri-modal VAE']
-    assert list(fig.data[0].marker.color) == manifest['cluster'].tolist()  # the first space, by true mood
+    assert (space.label, by.value, by.label, fig.layout.legend.title.text) == ('easy: PCA', 'mood', 'true mood', 'true mood')  # as it opens
+    assert [t.name for t in fig.data] == [mood_name(k) for k in sorted(set(mood))]  # categorical: one trace per mood
+    assert all(isinstance(t.marker.color, str) for t in fig.data) and len({t.marker.color for t in fig.data}) == len(fig.data)
+    assert all(set(mood.loc[list(t.customdata)]) == {k} for t, k in zip(fig.data, sorted(set(mood))))
+    assert group.value == sorted(set(mood))[0] and members.value.startswith(f'<b>{len(fig.data[0].x)} of {len(fig.data[0].x)} songs</b>')
     space.value = ('hard', 'tri_modal_vae')
-    assert by.options == ('true mood', 'kmeans', 'gmm')
+    assert by.options == (('true mood', 'mood'), ('kmeans clusters (named by matched mood)', 'kmeans'), ('gmm clusters (named by matched mood)', 'gmm'))
     by.value = 'gmm'
-    a = read_assignments(results).query("task == 'hard' and representation == 'tri_modal_vae' and clusterer == 'gmm' and seed == 0")
-    assert list(fig.data[0].marker.color) == a.set_index('id')['label'].reindex(manifest['id']).tolist()
-    xs = fig.data[0].x
-    fig.data[0]._dispatch_on_click(Points(point_inds=[0], xs=[xs[0]], ys=[fig.data[0].y[0]], trace_name='', trace_index=0), None)
-    song = manifest.iloc[0]
-    assert f"<b>{escape(song['title'])}</b>" in card.value and f"predicted cluster {a['label'].iloc[0]}" in card.value
+    a = read_assignments(results).query("task == 'hard' and representation == 'tri_modal_vae' and clusterer == 'gmm' and seed == 0").set_index('id')['label']
+    named = pd.Series(align_labels(mood.to_numpy(), a.reindex(mood.index).to_numpy()), index=mood.index)
+    assert {t.name: sorted(t.customdata) for t in fig.data} == {legend_name(v): sorted(g.index) for v, g in named.groupby(named)}
+    trace = fig.data[0]
+    trace._dispatch_on_click(Points(point_inds=[0], xs=[trace.x[0]], ys=[trace.y[0]], trace_name=trace.name, trace_index=0), None)
+    song = manifest.set_index('id', drop=False).loc[trace.customdata[0]]
+    assert f"<b>{escape(song['title'])}</b>" in card.value and f"predicted cluster {trace.name}" in card.value
     assert player.value == Path(song['audio_path']).read_bytes()  # its clip, ready to play
-    group.value = group.options[-1]
-    assert members.value.count('<br>') + 1 == list(fig.data[0].marker.color).count(group.value)
+    group.value = group.options[-1][1]
+    n = len(fig.data[-1].x)
+    assert members.value.startswith(f'<b>{min(20, n)} of {n} songs</b>') and members.value.count('<br>') == min(20, n)
 
 
 def test_results_md(synthetic_results):
@@ -362,6 +394,9 @@ def test_docs_preview_in_browser(tiny_run, tmp_path):
             assert page.title().endswith('– mmvae') and page.locator('h1').count() >= 1, name
             assert page.locator('nav.mmvae-nav a').count() == len(pages), name
             text = page.inner_text('body')
+            if page_file.stem[:2] in ('02', '03', '04', '05'):  # a task page and the analysis open with their computed findings
+                assert page.locator('h2').first.inner_text().strip().rstrip('¶').strip() == 'Findings', f'{name}: the first section is not the Findings'
+                assert page.locator('details').count() >= 1, f'{name}: no folded table'
             for residue in ('#|', '{target=', 'source{', ':::'):
                 assert residue not in text, f'{name}: {residue!r} shows on the page'
             assert not re.search(r'\$[^$\n]{1,200}\$', text), f'{name}: raw LaTeX {re.search(r"[$][^$]{1,60}", text)[0]!r}'

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import mmvae.core as core
-from mmvae.core import (RUN_KEYS, VAE, MLPVAE, ModelCache, TrainConfig, TrainJob, embed, gaussian_kl, hungarian_accuracy, mlp, read_runs,
+from mmvae.core import (MAIN_CLUSTERER, compare_to_baselines, RUN_KEYS, VAE, MLPVAE, ModelCache, TrainConfig, TrainJob, embed, gaussian_kl, hungarian_accuracy, mlp, read_runs,
                         seed_everything, seeded, slug, train_model)
-from mmvae.variants import (AE, CVAE, OWN_PRIOR, HardInputs, MoPoE, TriModalVAE, VaDE, balanced_concat, baseline_name, best_gmm,
-                            block_names, condition_labels, cross_modal_shift, fit_vade, hard_baselines, hard_jobs, hard_table, hard_verdicts,
+from mmvae.variants import (AE, CVAE, OWN_PRIOR, cluster_use, composition_figure, mixture_sentence, robustness_sentences, HardInputs, MoPoE, TriModalVAE, VaDE, balanced_concat, baseline_name, best_gmm,
+                            block_names, condition_labels, cross_modal_shift, fit_vade, hard_baselines, hard_jobs, hard_table, hard_findings,
                             hide, modality_data, modality_patterns, modality_subsets, one_hot, pattern_scores, pattern_summary, pattern_table,
                             robustness_summary, run_hard, vade_assign, write_hard)
 
@@ -546,18 +546,37 @@ def test_write_hard_round_trip(hard_run, tmp_path):
     assert set(curve['phase']) == {'pretrain', 'vade'}
 
 
-def test_robustness_summary_and_verdicts(hard_run):
+def test_robustness_summary(hard_run):
     result, _ = hard_run
     rs = robustness_summary(result.robustness)
     assert len(rs) == 6
     r = rs[(rs.name == 'tri-modal VAE') & (rs.modality == 'midi')].iloc[0]
     shifts = result.robustness.query("name == 'tri-modal VAE' and modality == 'midi'")['relative_shift']
     np.testing.assert_allclose([r.relative_shift_mean, r.relative_shift_std], [shifts.mean(), shifts.std()])
-    verdicts = hard_verdicts(result)
-    s = result.summary()
-    best = s.loc[s['acc_mean'].idxmax()]
-    assert f"is {best['name']} + {best['clusterer']} (ACC {best['acc_mean']:.3f}" in verdicts[0]
-    assert any('of its 4 components' in v for v in verdicts)
-    assert any('complete songs only' in v for v in verdicts)
-    assert any(v.startswith('Against PCA on its own inputs') and 'MoPoE' in v for v in verdicts)
-    assert any('MoPoE scores NMI' in v for v in verdicts)
+
+
+def test_cluster_use_counts_songs_not_cluster_ids():
+    assert cluster_use([0, 1, 2, 3] * 5) == dict(largest_share=.25, effective_clusters=pytest.approx(4.))
+    skewed = cluster_use([0] * 61 + [1, 2, 3, 4] * 2 + [1] * 21)  # five ids, one cluster of 61 of 90 songs
+    assert skewed['largest_share'] == pytest.approx(61 / 90) and 1 < skewed['effective_clusters'] < 3
+
+
+def test_hard_findings_follow_the_corrected_comparisons(hard_run):
+    result, _ = hard_run
+    km = result.runs[result.runs.clusterer == MAIN_CLUSTERER]
+    comparisons = compare_to_baselines(km, result.assignments, pd.Series(result.inputs.y, index=result.inputs.ids), n_boot=200)
+    assert set(comparisons['representation']) == set(km.loc[km['baseline'] != '', 'representation'])
+    md = hard_findings(result, comparisons, 'toy data')
+    assert md.startswith('## Findings') and 'On toy data' in md and 'verdict' not in md and 'better' not in md
+    eff = np.mean([cluster_use(result.labels('VaDE', OWN_PRIOR, s))['effective_clusters'] for s in result.seeds])
+    assert f"is {eff:.1f} of 4" in mixture_sentence(result) and mixture_sentence(result) in md
+    assert all(f'- {line}' in md for line in robustness_sentences(robustness_summary(result.robustness)))
+    assert '**Per modality pattern**' in md and 'macro-F1' in md
+
+
+def test_composition_figure_shows_shares(hard_run):
+    result, _ = hard_run
+    fig = composition_figure(result)
+    sums = pd.DataFrame([(t.xaxis, x, v) for t in fig.data for x, v in zip(t.x, t.y)]).groupby([0, 1])[2].sum()
+    np.testing.assert_allclose(sums, 1)
+    assert all('<br>' in a.text for a in fig.layout.annotations)  # subplot titles on two lines

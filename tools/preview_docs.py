@@ -54,7 +54,8 @@ def process(src: Path, dst: Path) -> str:
             if opts.get('output') == 'false': c.outputs = []
             elif opts.get('output') == 'asis':  # the printed text is Markdown
                 text = ''.join(_text(o) for o in c.get('outputs', []))
-                if c.metadata.get('transient', {}).get('remove_source'): c.cell_type, c.source = 'markdown', _markdown(text)
+                if c.metadata.get('transient', {}).get('remove_source'):  # the cell becomes its Markdown (a Markdown cell with remove_source would show nothing)
+                    c.cell_type, c.source = 'markdown', _markdown(text); c.metadata.pop('transient')
                 else: cells.append(c); c = dict(cell_type='markdown', source=_markdown(text), metadata={})
                 c.pop('outputs', None); c.pop('execution_count', None)
             for o in c.get('outputs', []):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmvae.analysis import comparisons_table, markdown_table
-from mmvae.core import comparison_sentences, format_pm
+from mmvae.core import comparison_sentences, comparisons_table, format_pm, markdown_table
 
 SHOWN = ('kmeans', 'mixture (own prior)')  # K-Means, and VaDE's own mixture
 COLUMNS = {'acc': 'ACC', 'nmi': 'NMI', 'ami': 'AMI', 'ari': 'ARI', 'probe_f1': 'probe macro-F1'}
