@@ -224,10 +224,9 @@ class FindingsFirst:
     def __init__(self, nb): self.nb = nb
     def __call__(self, cell): pass
     def end(self):
-        cells = self.nb.cells
-        moved = [c for c in cells if 'findings' in c.get('metadata', {}).get('tags', [])]
+        tagged = lambda c: 'findings' in c.get('metadata', {}).get('tags', [])
+        moved, rest = [c for c in self.nb.cells if tagged(c)], [c for c in self.nb.cells if not tagged(c)]  # by tag, not by equality of cells
         if not moved: return
-        rest = [c for c in cells if c not in moved]
         at = next((i + 1 for i, c in enumerate(rest) if c.cell_type == 'raw' and c.source.lstrip().startswith('---')
                    or c.cell_type == 'markdown' and c.source.lstrip().startswith('# ')), 0)
         self.nb.cells = rest[:at] + moved + rest[at:]
