@@ -1,21 +1,109 @@
-"""Time the whole reproduction at the real dataset's size, cold and warm (not a test).
+#!/usr/bin/env python
+"""Time the whole reproduction at the real dataset's size, cold and warm, against a baseline commit (not a test).
 
-A generated dataset of the real size (903 songs × 30 s by default; its generation is timed
-separately) is run through `mmvae reproduce` twice into the same folder: once cold (empty feature
-store) and once warm (cache hit). The warm run is reported as a ratio of the cold run measured
-here; for scale, the seed's own three scripts took about 10.5 minutes on this kind of machine
-(one seed, features re-extracted by every task, no cache).
+A generated dataset of the real size (903 songs × 30 s by default; generated once, its time reported apart) is run
+through `mmvae reproduce` by each implementation: first the baseline commit (`--baseline`, checked out in a git
+worktree), then this checkout. Each runs into its own run folder: cold (empty caches), warm (the same command again)
+and, where the implementation has `--rerun`, warm with every notebook executed again (caches warm, nothing skipped).
+Reported per phase: the wall time, each notebook's time (papermill's duration; "up to date" where it was skipped), the
+slowest cells of the cold run, and peak memory (the summed resident set of the whole process tree, sampled every 0.2 s
+with psutil). The figures of this checkout are given as ratios of the baseline's, measured in the same run on the same data.
 
-    python bench/reproduce.py                    # full profile, 903 × 30 s
-    python bench/reproduce.py --songs 200 --seconds 10 --profile demo
+    python bench/reproduce.py --baseline 0c9396c                 # full profile, 903 × 30 s
+    python bench/reproduce.py --baseline HEAD~1 --songs 100 --seconds 10 --profile demo
 """
-import argparse, shutil, tempfile, time
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
-from mmvae.analysis import reproduce
-from mmvae.data import demo_dataset
+import psutil
 
-SEED_SCRIPTS_SECONDS = 10.5 * 60  # the seed's scripts on the real data, for scale (not measured here)
+REPO = Path(__file__).resolve().parent.parent
+
+
+class PeakRSS:
+    "Context manager sampling the summed RSS of a process and all its descendants; `.peak` in bytes."
+    def __init__(self, proc, every=0.2): self.proc, self.every, self.peak = psutil.Process(proc.pid), every, 0
+
+    def _sample(self):
+        while not self._stop.wait(self.every):
+            try: procs = [self.proc, *self.proc.children(recursive=True)]
+            except psutil.Error: continue
+            total = 0
+            for p in procs:
+                try: total += p.memory_info().rss
+                except psutil.Error: pass
+            self.peak = max(self.peak, total)
+
+    def __enter__(self):
+        self._stop = threading.Event(); self._t = threading.Thread(target=self._sample, daemon=True); self._t.start()
+        return self
+
+    def __exit__(self, *exc): self._stop.set(); self._t.join()
+
+
+def notebook_times(run: Path, log: str, top: int = 3) -> dict:
+    "name → (seconds or None where the log says it was up to date, [(seconds, first source line) of its `top` slowest cells])."
+    out, skipped = {}, set(re.findall(r'\b(\d\d_\w+): up to date\b', log))
+    for nb in sorted((run/'notebooks').glob('*.ipynb')):
+        if nb.stem in skipped: out[nb.stem] = (None, []); continue
+        d = json.loads(nb.read_text())
+        cells = [(c['metadata'].get('papermill', {}).get('duration') or 0, ''.join(c['source'])) for c in d['cells'] if c['cell_type'] == 'code']
+        first = lambda s: next((l for l in s.splitlines() if l.strip() and not l.startswith('#|')), '')[:70]
+        out[nb.stem] = (d['metadata'].get('papermill', {}).get('duration') or 0, [(t, first(src)) for t, src in sorted(cells, key=lambda c: -c[0])[:top]])
+    return out
+
+
+def run_phase(checkout: Path, python: str, args, data: Path, out: Path, phase: str, extra=()) -> dict:
+    "One `mmvae reproduce` of `checkout` (its package first on the path): wall seconds, peak memory, per-notebook times."
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    cmd = [python, '-c', 'import sys; from mmvae.analysis import main; sys.exit(main())', 'reproduce',
+           '--profile', args.profile, '--data', str(data), '--out', str(out), *extra]
+    log = out.parent/f'{out.name}.{phase}.log'
+    t = time.perf_counter()
+    with open(log, 'w') as f:
+        proc = subprocess.Popen(cmd, env=env, cwd=checkout, stdout=f, stderr=subprocess.STDOUT)
+        with PeakRSS(proc) as mem: rc = proc.wait()
+    seconds = time.perf_counter() - t
+    if rc: sys.exit(f"bench: {checkout} failed (exit {rc}); see {log}")
+    return dict(seconds=seconds, peak=mem.peak, notebooks=notebook_times(out, log.read_text(errors='replace')))
+
+
+def has_rerun(checkout: Path) -> bool:
+    return "'--rerun'" in (checkout/'mmvae'/'analysis.py').read_text()
+
+
+def checkout_of(rev: str, work: Path) -> Path:
+    "A git worktree of `rev` in `work` (made once; the project's notebooks and package at that commit)."
+    tree = work/f'baseline-{rev.replace("/", "_")}'
+    if not tree.exists(): subprocess.run(['git', '-C', str(REPO), 'worktree', 'add', '--detach', str(tree), rev], check=True)
+    return tree
+
+
+PHASES = ('cold', 'warm', 'warm, --rerun')
+
+
+def report(results: dict, names: list) -> str:
+    lines, w = [], max(16, *(len(n) + 2 for n in names))
+    fmt = lambda v, f: 'up to date' if v is None else '-' if v != v else f(v)
+    for phase in PHASES:
+        got = [n for n in names if phase in results[n]]
+        if not got: continue
+        lines += [f"\n{phase}:", f"{'':24}" + ''.join(f"{n:>{w}}" for n in got) + (f"{'ratio':>9}" if len(got) > 1 else '')]
+        def row(label, vals, f):
+            ratio = f"{vals[-1] / vals[0]:9.2f}" if len(got) > 1 and all(isinstance(v, float) and v > 0 for v in (vals[0], vals[-1])) else ''
+            lines.append(f"{label:24}" + ''.join(f"{fmt(v, f):>{w}}" for v in vals) + ratio)
+        row('whole run (s)', [results[n][phase]['seconds'] for n in got], lambda v: f"{v:.0f}")
+        for nb in results[got[0]][phase]['notebooks']:
+            row(f"  {nb} (s)", [results[n][phase]['notebooks'].get(nb, (float('nan'), []))[0] for n in got], lambda v: f"{v:.0f}")
+        row('peak memory (GB)', [results[n][phase]['peak'] / 1e9 for n in got], lambda v: f"{v:.2f}")
+    if len(names) > 1 and PHASES[2] in results[names[-1]] and PHASES[2] not in results[names[0]]:
+        ex = results[names[-1]][PHASES[2]]['seconds'] / results[names[0]]['warm']['seconds']
+        lines.append(f"\nevery notebook executed on warm caches: {names[-1]}'s '{PHASES[2]}' / {names[0]}'s 'warm' = {ex:.2f}")
+    lines.append("\nslowest cells (cold):")
+    for n in names:
+        for nb, (_, cells) in results[n]['cold']['notebooks'].items():
+            lines.append(f"  {n} {nb}: " + '; '.join(f"{t:.0f} s {src!r}" for t, src in cells))
+    return '\n'.join(lines)
 
 
 def main():
@@ -23,23 +111,32 @@ def main():
     a.add_argument('--songs', type=int, default=903)
     a.add_argument('--seconds', type=float, default=30.0)
     a.add_argument('--profile', default='full')
-    a.add_argument('--work', default=None, help='folder for the dataset and the run (default: a temp folder)')
+    a.add_argument('--baseline', help='git revision to measure first, in the same run (e.g. the commit before a change)')
+    a.add_argument('--work', default=None, help='folder for the dataset, worktrees and runs (default: a temp folder, removed after)')
+    a.add_argument('--json', help='also write the figures to this JSON file')
     args = a.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix='mmvae-bench-'))
+    work = Path(args.work or tempfile.mkdtemp(prefix='mmvae-bench-')).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    from mmvae.data import demo_dataset
     t = time.perf_counter()
     data = demo_dataset(work/'data', n_songs=args.songs, seconds=args.seconds)
     gen = time.perf_counter() - t
-    out = work/'run'
-    shutil.rmtree(out, ignore_errors=True)
-    times = {}
-    for phase in ('cold', 'warm'):
-        t = time.perf_counter()
-        reproduce(args.profile, data=str(data), out=str(out))
-        times[phase] = time.perf_counter() - t
-    print(f"\ndataset: {args.songs} songs × {args.seconds:g} s generated in {gen:.0f} s ({data})")
-    print(f"profile {args.profile}: cold {times['cold']:.0f} s, warm {times['warm']:.0f} s")
-    print(f"warm / cold = {times['warm'] / times['cold']:.2f}")
-    print(f"cold / seed scripts (10.5 min on the real data, quoted for scale, not measured here) = {times['cold'] / SEED_SCRIPTS_SECONDS:.2f}")
+    impls = ([(f'baseline {args.baseline}', checkout_of(args.baseline, work))] if args.baseline else []) + [('this checkout', REPO)]
+    results = {}
+    for name, checkout in impls:
+        out = work/('run-' + name.replace(' ', '-').replace('/', '_'))
+        shutil.rmtree(out, ignore_errors=True)
+        results[name] = {phase: run_phase(checkout, sys.executable, args, data, out, phase.split(',')[0]) for phase in PHASES[:2]}
+        if has_rerun(checkout): results[name][PHASES[2]] = run_phase(checkout, sys.executable, args, data, out, 'rerun', ['--rerun'])
+        print(f"{name}: cold {results[name]['cold']['seconds']:.0f} s, warm {results[name]['warm']['seconds']:.0f} s", flush=True)
+    names = [n for n, _ in impls]
+    print(f"\ndataset: {args.songs} songs × {args.seconds:g} s generated in {gen:.0f} s; profile {args.profile}; "
+          f"{os.cpu_count()} cores; ratio = this checkout / baseline")
+    print(report(results, names))
+    if args.json: Path(args.json).write_text(json.dumps(dict(songs=args.songs, seconds=args.seconds, profile=args.profile,
+                                                             cores=os.cpu_count(), results=results), indent=1))
+    if args.baseline: subprocess.run(['git', '-C', str(REPO), 'worktree', 'remove', '--force', str(impls[0][1])], check=False)
     if not args.work: shutil.rmtree(work)
 
 

@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_analysis.ipynb #b8020fdc
 from __future__ import annotations
-import argparse, json, os, shlex, shutil, signal, subprocess, sys, tempfile, threading, time
+import argparse, hashlib, json, os, platform, shlex, shutil, signal, subprocess, sys, tempfile, threading, time
+from importlib import metadata
 from contextlib import contextmanager
 from html import escape
 from pathlib import Path
@@ -15,13 +16,13 @@ import psutil
 import mmvae
 from .data import MOOD_NAMES, PAPER_F1, DatasetError, MediaError, demo_dataset, find_dataset_root, load_manifest, manifest_counts, mood_name, read_lyrics, resolve_data_dir
 from .core import SUMMARY_KEYS, format_pm, latent_files, project_2d, read_assignments, read_latent, read_runs, summarize_runs
-from .core import MAIN_CLUSTERER, PALETTE, align_labels, compare_to_baselines, comparison_sentences, comparisons_table, markdown_table
+from .core import MAIN_CLUSTERER, PALETTE, align_labels, compare_to_baselines, comparison_sentences, comparisons_table, findings_block, markdown_table
 
 # %% auto #0
-__all__ = ['LOWER_IS_BETTER', 'EXPLORER_MEMBERS', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'mark_best', 'probe_table',
+__all__ = ['LOWER_IS_BETTER', 'EXPLORER_MEMBERS', 'NOTEBOOKS', 'TASKS', 'PROFILES', 'STAMP', 'mark_best', 'probe_table',
            'chance_sentences', 'compare_study', 'best_sentences', 'study_findings', 'map_2d', 'song_card',
            'legend_name', 'explorer', 'FindingsFirst', 'ReproduceError', 'notebooks_dir', 'end_processes', 'Runners',
-           'reproduce', 'main']
+           'tree_state', 'environment_digest', 'notebook_keys', 'up_to_date_keys', 'record_keys', 'reproduce', 'main']
 
 # %% ../nbs/05_analysis.ipynb #979ebfb1
 LOWER_IS_BETTER = frozenset({'davies_bouldin'})  # metrics whose best value is the smallest
@@ -107,11 +108,9 @@ def study_findings(comparisons: pd.DataFrame,  # `compare_study` of the results
             f"against PCA on its own inputs under {MAIN_CLUSTERER} with k = 5, paired over seeds and bootstrapped over songs; "
             f"the family is every such comparison of the study, Holm-corrected at once.")
     bullets = [*comparison_sentences(comparisons), *chance_sentences(summary), *best_sentences(summary, comparisons)]
-    fold = lambda title, table: ['', f'<details><summary>{title}</summary>', '', markdown_table(table), '', '</details>']
-    parts = ['## Findings', '', head, '', *(f'- {b}' for b in bullets),
-             *fold('The study table (mean ± std over seeds, chance level after each metric, ★ best of each task)', mark_best(summary))]
-    if len(comparisons): parts += fold('Every comparison of the study', comparisons_table(comparisons))
-    return '\n'.join(parts) + '\n'
+    folds = {'The study table (mean ± std over seeds, chance level after each metric, ★ best of each task)': mark_best(summary)}
+    if len(comparisons): folds['Every comparison of the study'] = comparisons_table(comparisons)
+    return findings_block(head, bullets, folds=folds)
 
 
 # %% ../nbs/05_analysis.ipynb #eef12682
@@ -310,10 +309,11 @@ def _how_it_ended(proc) -> str:
 def _impatient_client():
     "Inside the block, papermill kills a kernel whose cell timed out rather than ask it to shut down (a busy kernel prints errors)."
     from papermill import engines
+    from nbclient.exceptions import CellTimeoutError
     class Client(engines.PapermillNotebookClient):
-        async def _async_handle_timeout(self, timeout, cell=None):
+        async def _async_handle_timeout(self, timeout, cell=None):  # nbclient's, without its log line: the runner names the cell itself
             self.shutdown_kernel = 'immediate'
-            return await super()._async_handle_timeout(timeout, cell)
+            raise CellTimeoutError.error_from_timeout_and_cell("Cell execution timed out", timeout, cell)
     saved, engines.PapermillNotebookClient = engines.PapermillNotebookClient, Client
     try: yield
     finally: engines.PapermillNotebookClient = saved
@@ -479,6 +479,54 @@ class Runners:
                 self.running.clear()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+# %% ../nbs/05_analysis.ipynb #150acf8b
+STAMP = 'up_to_date.json'  # in the run folder: each notebook's key, and the state of results/ and notebooks/ when they were recorded
+
+def tree_state(*roots) -> list:
+    "[folder name, relative path, size, mtime_ns] of every file under `roots`, sorted: equal lists mean nothing was added, removed or rewritten."
+    out = []
+    for root in map(Path, roots):
+        for p in root.rglob('*') if root.is_dir() else ():
+            if p.is_file(): st = p.stat(); out.append([root.name, p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    return sorted(out)
+
+def _digest(*parts) -> str: return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+def environment_digest() -> str:
+    "Digest of what the numbers depend on besides a notebook's inputs: the files of the `mmvae` package, the installed distributions, Python, the machine, CUDA."
+    import torch
+    pkg, h = Path(mmvae.__file__).resolve().parent, hashlib.sha256()
+    for p in sorted(p for p in pkg.rglob('*') if p.is_file() and '__pycache__' not in p.parts):
+        h.update(p.relative_to(pkg).as_posix().encode() + b'\0' + p.read_bytes())
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    return _digest(h.hexdigest(), dists, sys.version, platform.machine(), torch.cuda.is_available())
+
+def notebook_keys(nbs: Path,  # the notebook folder
+                  params: dict,  # the parameters every notebook is given
+                  kernel: str, checks: bool,  # as for `reproduce`
+                  data_root: Path,  # the dataset folder
+                 ) -> dict:
+    "Notebook name → key of its inputs: its file, the parameters, kernel and `checks`, the dataset's files, the environment, and the keys of the notebooks it reads."
+    base, keys = _digest(environment_digest(), params, kernel, checks, tree_state(data_root)), {}
+    for n in NOTEBOOKS:
+        reads = [keys[u] for u in NOTEBOOKS[:NOTEBOOKS.index(n)] if not (n in TASKS and u in TASKS)]  # a task notebook reads 00 and 01 only
+        keys[n] = _digest(base, hashlib.sha256((Path(nbs)/f'{n}.ipynb').read_bytes()).hexdigest(), reads)
+    return keys
+
+def up_to_date_keys(out: Path) -> dict:
+    "The keys recorded in the run folder `out`, if nothing in its results/ and notebooks/ changed since; else {}."
+    try: stamp = json.loads((Path(out)/STAMP).read_text())
+    except (OSError, ValueError): return {}  # no record, or a damaged one: nothing is up to date
+    ok = isinstance(stamp, dict) and isinstance(stamp.get('keys'), dict) and stamp.get('outputs') == tree_state(Path(out)/'results', Path(out)/'notebooks')
+    return stamp['keys'] if ok else {}
+
+def record_keys(out: Path, keys: dict):
+    "Record `keys` (notebook → key) in the run folder `out`, with the present state of its results/ and notebooks/."
+    tmp = Path(out)/f'{STAMP}.tmp'
+    tmp.write_text(json.dumps(dict(keys=keys, outputs=tree_state(Path(out)/'results', Path(out)/'notebooks'))))
+    tmp.replace(Path(out)/STAMP)
+
+
 # %% ../nbs/05_analysis.ipynb #37b2ba92
 def _run_folder(out) -> Path:
     "The run folder, created and checked to be writable (else `ReproduceError` naming it and why)."
@@ -499,6 +547,7 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
               concurrent: int = 3,  # task notebooks (02-04) run at once, each in its own kernel; 1 → one after another
               checks: bool = False,  # also run the cells tagged `check` (self-checks of the code)
               cell_timeout: float = 3600,  # seconds a cell may run before the run stops with an error; 0 → no limit
+              rerun: bool = False,  # execute the chosen notebooks even when they are up to date
               **overrides,  # parameter values that replace the profile's
              ) -> Path:
     "Run the study's notebooks with papermill, each in a runner process and kernel of its own; return the results folder."
@@ -521,9 +570,13 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
             kind='demo', cache_dir=str(cache), n_songs=demo['songs'], seconds=demo['seconds']))['root'])
         params |= dict(data_dir=str(root.resolve()), out_dir=str(out/'results'), cache_dir=str(cache))
         (out/'profile.json').write_text(json.dumps(dict(profile=profile, **params), indent=1))
+        keys, done = notebook_keys(nbs, params, kernel, checks, root), up_to_date_keys(out)
         with tqdm(total=len(chosen), desc='notebooks', file=sys.stdout) as bar:
             for stage in stages:  # a failure lets the stage's running notebooks end; queued ones never start
-                queue, failure = list(stage), None
+                fresh = [n for n in stage if not rerun and done.get(n) == keys[n]]
+                for n in fresh: tqdm.write(f"{n}: up to date", file=sys.stdout); bar.update()
+                queue, failure = [n for n in stage if n not in fresh], None
+                if not queue: continue
                 while True:
                     while queue and not failure and len(runners.running) < max(1, concurrent): runners.start(n := queue.pop(0), task(n))
                     if not runners.running: break
@@ -532,6 +585,7 @@ def reproduce(profile: str = 'demo',  # parameter profile: tiny, demo or full
                         if 'error' in result: failure = failure or result['error']
                         else: tqdm.write(f"{name}: {result['seconds']:.0f} s", file=sys.stdout); bar.update()
                 if failure: raise ReproduceError(failure)
+                done |= {n: keys[n] for n in stage}; record_keys(out, done)
     return out/'results'
 
 # %% ../nbs/05_analysis.ipynb #74702302
@@ -564,6 +618,7 @@ def main(argv=None):
     r.add_argument('--epochs', type=int, help='override the profile epochs')
     r.add_argument('--concurrent', type=int, default=3, help='task notebooks 02-04 run at once (default: 3; 1: one after another)')
     r.add_argument('--checks', action='store_true', help="also run the notebooks' self-checks of the code (cells tagged check)")
+    r.add_argument('--rerun', action='store_true', help='execute the notebooks even when they are up to date (default: skip those whose inputs did not change)')
     r.add_argument('--cell-timeout', type=float, default=3600, metavar='SECONDS',
                    help='longest a notebook cell may run before the run stops with an error (default: 3600; 0: no limit)')
     r.add_argument('--dask', metavar='ADDRESS', help='Dask scheduler to extract features on (e.g. tcp://host:8786)')
@@ -583,7 +638,7 @@ def main(argv=None):
             return 0
         over = {k: v for k, v in dict(seeds=a.seeds, epochs=a.epochs, dask_scheduler=a.dask).items() if v is not None}
         results = reproduce(a.profile, a.data, a.out, a.only, concurrent=a.concurrent, checks=a.checks,
-                            cell_timeout=a.cell_timeout, **over)
+                            cell_timeout=a.cell_timeout, rerun=a.rerun, **over)
     except KeyboardInterrupt as e:
         signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
         again = shlex.join(['mmvae', *(sys.argv[1:] if argv is None else argv)])

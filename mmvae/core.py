@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
-import atexit, copy, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings, zlib
+import atexit, copy, functools, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings, zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -35,8 +35,8 @@ __all__ = ['CLUSTERERS', 'CHANCE_METRICS', 'METRICS', 'NULL_COLUMNS', 'PALETTE',
            'latent_map', 'song_hover', 'training_curves', 'curve_panels', 'metric_bars', 'confusion', 'save_figure',
            'score_clustering', 'cluster_runs', 'check_baselines', 'write_results', 'read_runs', 'read_assignments',
            'latent_files', 'read_latent', 'holm', 'baseline_pairs', 'resamples_for', 'compare_to_baselines',
-           'comparison_sentences', 'markdown_table', 'comparisons_table', 'describe_data', 'findings_markdown',
-           'easy_representations', 'EasyRun', 'run_easy']
+           'comparison_sentences', 'markdown_table', 'comparisons_table', 'describe_data', 'findings_block',
+           'findings_markdown', 'easy_representations', 'EasyRun', 'run_easy']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
@@ -1288,6 +1288,9 @@ def _image_opts(fig, scale):
     return dict(format='png', scale=scale, width=lay.width or (lay.meta or {}).get('png_width') or lay.template.layout.width or d.default_width,
                 height=lay.height or lay.template.layout.height or d.default_height)
 
+@functools.cache
+def _plotly_bundle() -> bytes: return get_plotlyjs().encode()  # 4.8 MB, encoded once per process
+
 def save_figure(fig: go.Figure,  # the figure
                 path,  # file path without suffix; folders are created
                 png: bool = True,  # also write a PNG (when kaleido and Chromium work)
@@ -1299,7 +1302,7 @@ def save_figure(fig: go.Figure,  # the figure
     out, image = [path.with_suffix('.html')], path.with_suffix('.png')
     js = Path(js_dir if js_dir is not None else path.parent)/'plotly.min.js'
     fig.write_html(out[0], include_plotlyjs=Path(os.path.relpath(js, path.parent)).as_posix(), full_html=True)
-    bundle = get_plotlyjs().encode()
+    bundle = _plotly_bundle()
     if not js.is_file() or js.stat().st_size != len(bundle):  # written once per folder (again when plotly changed)
         js.parent.mkdir(parents=True, exist_ok=True); write_atomic(js, lambda tmp: tmp.write_bytes(bundle))
     if not png: return out
@@ -1409,7 +1412,7 @@ def read_runs(results) -> pd.DataFrame:
     for task, sub in TASK_DIRS.items():
         path = Path(results)/sub/'runs.csv'
         if path.is_file(): frames.append(pd.read_csv(path, dtype={'representation': str, 'name': str, 'note': str, 'baseline': str}))
-        else: print(f"no results for the {task} task: {path} not found")
+        else: print(f"no results for the {task} task ({sub}/runs.csv not found)")
     if not frames: raise FileNotFoundError(f"no task results under {results}: run the task notebooks 02-04 first")
     runs = pd.concat(frames, ignore_index=True)
     return runs.assign(baseline=runs['baseline'].fillna('') if 'baseline' in runs else '')
@@ -1563,6 +1566,17 @@ def describe_data(root,  # the dataset folder the run read
         return f"the generated demo dataset ({songs} synthetic songs: these numbers check the code and say nothing about music)"
     return f"{songs} songs of the dataset in `{'/'.join(Path(root).parts[-2:])}`"  # its last two folders: no local path
 
+def findings_block(head: str,  # the paragraph under the heading
+                   bullets: list,  # one finding each
+                   table: pd.DataFrame = None,  # the main table, shown
+                   folds: dict = None,  # title → table, each behind a <details> fold
+                  ) -> str:
+    "A page's Findings block in Markdown: heading, paragraph, bullets, the main table, then the folded tables."
+    parts = ['## Findings', '', head, '', *(f'- {b}' for b in bullets)]
+    if table is not None: parts += ['', markdown_table(table)]
+    for title, t in (folds or {}).items(): parts += ['', f'<details><summary>{title}</summary>', '', markdown_table(t), '', '</details>']
+    return '\n'.join(parts) + '\n'
+
 def findings_markdown(comparisons: pd.DataFrame,  # `compare_to_baselines` of this page's family (MAIN_CLUSTERER rows)
                       summary: pd.DataFrame,  # `summarize_runs` of the same runs, with the chance levels
                       data: str,  # `describe_data` of the run
@@ -1587,10 +1601,8 @@ def findings_markdown(comparisons: pd.DataFrame,  # `compare_to_baselines` of th
     t['NMI − baseline (95 % interval), p Holm'] = [
         f"{nmi.loc[n, 'diff']:+.3f} ({nmi.loc[n, 'ci_low']:+.3f} to {nmi.loc[n, 'ci_high']:+.3f}), {nmi.loc[n, 'p_holm']:.3g}"
         if n in nmi.index else '' for n in t.index]
-    parts = ['## Findings', '', head, '', *(f'- {b}' for b in bullets), '', markdown_table(t.rename_axis('representation').reset_index())]
-    if len(comparisons):
-        parts += ['', '<details><summary>Every comparison of this family</summary>', '', markdown_table(comparisons_table(comparisons)), '', '</details>']
-    return '\n'.join(parts) + '\n'
+    return findings_block(head, bullets, t.rename_axis('representation').reset_index(),
+                          {'Every comparison of this family': comparisons_table(comparisons)} if len(comparisons) else {})
 
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8ed845af

@@ -17,10 +17,15 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['MODALITIES', 'FOLDER_ALIASES', 'SUFFIXES', 'LABEL_FILES', 'INFO_CSV', 'N_CLUSTERS', 'MOOD_NAMES', 'SKIPPED_COLUMNS',
            'SKIPPED_MODALITIES', 'LYRICS_MAX_BYTES', 'BINARY_SHARE', 'MARKUP_SHARE', 'CLUSTER_SIZES', 'CLUSTER_TAGS',
-           'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'PAPER_F1', 'DatasetError',
-           'MediaError', 'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text', 'read_lines',
-           'parse_clusters', 'read_info_csv', 'mood_name', 'load_manifest', 'read_audio', 'read_lyrics', 'read_midi',
-           'manifest_counts', 'make_demo_dataset', 'demo_dataset', 'resolve_data_dir', 'clip_seconds']
+           'MOODS', 'SCALES', 'TIMBRES', 'WORDS', 'SHARED_WORDS', 'GENRES', 'DEMO_MARKER', 'PAPER_F1', 'plain_warnings',
+           'DatasetError', 'MediaError', 'manifest_skipped', 'find_dataset_root', 'control_share', 'decode_text',
+           'read_lines', 'parse_clusters', 'read_info_csv', 'mood_name', 'load_manifest', 'read_audio', 'read_lyrics',
+           'read_midi', 'manifest_counts', 'make_demo_dataset', 'demo_dataset', 'resolve_data_dir', 'clip_seconds']
+
+# %% ../nbs/00_data.ipynb #3e578655
+def plain_warnings():
+    "Print warnings as `UserWarning: message`, one line each: no module file path or source line in notebooks others read."
+    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
 
 # %% ../nbs/00_data.ipynb #482c0635
 MODALITIES = {'audio': 'Audio', 'lyrics': 'Lyrics', 'midi': 'MIDIs'}  # modality → folder

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from conftest import TOP
-from mmvae.analysis import NOTEBOOKS, ReproduceError, compare_study, explorer, main, notebooks_dir, reproduce
+from mmvae.analysis import NOTEBOOKS, ReproduceError, compare_study, explorer, main, notebooks_dir, reproduce, tree_state
 from mmvae.core import COMPARISON_COLUMNS, MAIN_CLUSTERER, TASK_DIRS, baseline_pairs, cluster_runs, latent_files, read_assignments, read_latent, read_runs, slug, summarize_runs, write_results
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -43,6 +43,27 @@ def test_cli_runs_every_notebook(tiny_run):
     assert sum(map(checks, notebooks_dir().glob('0*.ipynb'))) >= 3 and sum(map(checks, (out/'notebooks').glob('*.ipynb'))) == 0
     assert set(re.findall(r'\b(\d\d_\w+): \d+ s\b', stdout)) == set(NOTEBOOKS)  # a timing line per notebook
     assert 'without encryption' not in stdout + stderr  # kernels talk over IPC, not TCP
+
+
+def test_same_command_again_is_up_to_date(tiny_run):
+    "The same command again executes no notebook and leaves results and executed copies untouched; --rerun executes them; a changed result file makes all run."
+    out, _, _ = tiny_run
+    again = lambda *extra: subprocess.run([str(MMVAE), 'reproduce', '--profile', 'tiny', '--out', str(out), *extra], capture_output=True, text=True)
+    before = tree_state(out/'results', out/'notebooks')
+    r = again()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert set(re.findall(r'\b(\d\d_\w+): up to date\b', r.stdout)) == set(NOTEBOOKS) and not re.search(r'\d\d_\w+: \d+ s\b', r.stdout)
+    assert tree_state(out/'results', out/'notebooks') == before and '★' in r.stdout  # the study table is printed all the same
+    r = again('--only', '05', '--rerun')
+    assert r.returncode == 0 and re.search(r'\b05_analysis: \d+ s\b', r.stdout), r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'up to date' not in r.stdout
+    r = again('--only', '00', '05')
+    assert set(re.findall(r'\b(\d\d_\w+): up to date\b', r.stdout)) == {'00_data', '05_analysis'}, r.stdout[-3000:]
+    manifest = out/'results'/'data'/'manifest.csv'
+    manifest.write_text(manifest.read_text() + '\n')  # a result changed by hand: nothing can be trusted to be up to date
+    r = again('--only', '00')
+    assert r.returncode == 0 and re.search(r'\b00_data: \d+ s\b', r.stdout), r.stdout[-3000:] + r.stderr[-3000:]
+    assert '00_data: up to date' in again('--only', '00').stdout  # recorded again
 
 
 def test_every_task_writes_the_result_contract(tiny_run):
