@@ -736,14 +736,17 @@ def _cell_emi(a, b, n, chunk: int = 4_000_000) -> np.ndarray:
     out = np.zeros(len(a))
     top = int(np.minimum(a, b).max()) if len(a) else 0
     if top < 1: return out
-    k = np.arange(1, top + 1, dtype=float)[None]  # k = 0 adds nothing
+    G = gammaln(np.arange(int(np.max(n)) + 2, dtype=float))  # G[j] = gammaln(j): every argument below is a whole number, so it is looked up
+    ki = np.arange(1, top + 1)[None]  # k = 0 adds nothing
+    k = ki.astype(float)
     step = max(1, chunk // top)
     for s in range(0, len(a), step):
-        A, B, N = (v[s:s + step, None].astype(float) for v in (a, b, n))
+        Ai, Bi, Ni = (np.asarray(v[s:s + step, None]).astype(np.int64) for v in (a, b, n))
+        A, B, N = Ai.astype(float), Bi.astype(float), Ni.astype(float)
         ok = (k <= np.minimum(A, B)) & (k >= A + B - N)
-        K = np.where(ok, k, 1.)
-        logp = (gammaln(A + 1) + gammaln(B + 1) + gammaln(N - A + 1) + gammaln(N - B + 1) - gammaln(N + 1) - gammaln(K + 1)
-                - gammaln(np.where(ok, A - K, 0) + 1) - gammaln(np.where(ok, B - K, 0) + 1) - gammaln(np.where(ok, N - A - B + K, 0) + 1))
+        K, Ki = np.where(ok, k, 1.), np.where(ok, ki, 1)
+        logp = (G[Ai + 1] + G[Bi + 1] + G[Ni - Ai + 1] + G[Ni - Bi + 1] - G[Ni + 1] - G[Ki + 1]
+                - G[np.where(ok, Ai - Ki, 0) + 1] - G[np.where(ok, Bi - Ki, 0) + 1] - G[np.where(ok, Ni - Ai - Bi + Ki, 0) + 1])
         term = K / N * (np.log(N * K) - np.log(np.maximum(A * B, 1))) * np.exp(np.where(ok, logp, -np.inf))
         out[s:s + step] = np.where(ok, term, 0.).sum(1)
     return out
