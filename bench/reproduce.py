@@ -106,6 +106,28 @@ def report(results: dict, names: list) -> str:
     return '\n'.join(lines)
 
 
+def markdown(results: dict, names: list) -> str:
+    "The README's Speed table: the whole run and each notebook, cold and warm, the first implementation (the baseline) beside the last."
+    base, new = names[0], names[-1]
+    cols = [(n, p) for n, p in ((base, 'cold'), (new, 'cold'), (base, 'warm'), (new, 'warm'), (new, PHASES[2])) if p in results[n]]
+    cols = list(dict.fromkeys(cols))
+    label = lambda n, p: f"{'baseline' if n == base and len(names) > 1 else 'this commit'}, {p}"
+    def dur(v):
+        if v is None: return 'up to date'
+        m, s = divmod(round(v), 60)
+        return f"{m} min {s:02d} s" if m else f"{s} s"
+    head = ['', *(label(n, p) for n, p in cols)] + (['cold: this / baseline'] if len(names) > 1 else [])
+    rows = [['whole run', *(dur(results[n][p]['seconds']) for n, p in cols)]]
+    rows += [[nb, *(dur(results[n][p]['notebooks'].get(nb, (float('nan'), []))[0]) for n, p in cols)] for nb in results[base]['cold']['notebooks']]
+    rows += [['peak memory (process tree)', *(f"{results[n][p]['peak'] / 1e9:.1f} GB" for n, p in cols)]]
+    if len(names) > 1:
+        ratios = [results[new]['cold']['seconds'] / results[base]['cold']['seconds']]
+        ratios += [results[new]['cold']['notebooks'][nb][0] / results[base]['cold']['notebooks'][nb][0] for nb in results[base]['cold']['notebooks']]
+        ratios += [results[new]['cold']['peak'] / results[base]['cold']['peak']]
+        for r, q in zip(rows, ratios): r.append(f"{q:.2f}")
+    return '\n'.join('| ' + ' | '.join(r) + ' |' for r in [head, ['---'] * len(head), *rows])
+
+
 def main():
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument('--songs', type=int, default=903)
@@ -114,7 +136,12 @@ def main():
     a.add_argument('--baseline', help='git revision to measure first, in the same run (e.g. the commit before a change)')
     a.add_argument('--work', default=None, help='folder for the dataset, worktrees and runs (default: a temp folder, removed after)')
     a.add_argument('--json', help='also write the figures to this JSON file')
+    a.add_argument('--from-json', help='print the report and Markdown table of an earlier run from its --json file, without running')
     args = a.parse_args()
+    if args.from_json:
+        d = json.loads(Path(args.from_json).read_text())
+        print(report(d['results'], list(d['results'])), '\n', markdown(d['results'], list(d['results'])), sep='\n')
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix='mmvae-bench-')).resolve()
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
@@ -134,6 +161,7 @@ def main():
     print(f"\ndataset: {args.songs} songs × {args.seconds:g} s generated in {gen:.0f} s; profile {args.profile}; "
           f"{os.cpu_count()} cores; ratio = this checkout / baseline")
     print(report(results, names))
+    print('\n' + markdown(results, names))
     if args.json: Path(args.json).write_text(json.dumps(dict(songs=args.songs, seconds=args.seconds, profile=args.profile,
                                                              cores=os.cpu_count(), results=results), indent=1))
     if args.baseline: subprocess.run(['git', '-C', str(REPO), 'worktree', 'remove', '--force', str(impls[0][1])], check=False)

@@ -195,8 +195,9 @@ def cca_embed(audio,  # (songs, audio features), every song
     has = np.asarray(has, bool)
     pre = pre_dim or 2 * n_components
     if has.sum() <= pre: raise ValueError(f"CCA needs more songs with lyrics ({has.sum()}) than components per block ({pre})")
-    A = PCA(min(pre, *audio.shape)).fit_transform(audio)
-    L = PCA(min(pre, lyrics.shape[1], has.sum())).fit(lyrics[has]).transform(lyrics)
+    full = dict(svd_solver='full')  # exact and seedless: 'auto' turns randomized (and unseeded) beyond 500 songs
+    A = PCA(min(pre, *audio.shape), **full).fit_transform(audio)
+    L = PCA(min(pre, lyrics.shape[1], has.sum()), **full).fit(lyrics[has]).transform(lyrics)
     if min(A.shape[1], L.shape[1]) < n_components:
         raise ValueError(f"CCA with {n_components} components needs blocks at least that wide (audio {A.shape[1]}, lyrics {L.shape[1]})")
     cca = CCA(n_components, max_iter=2000).fit(A[has], L[has])
