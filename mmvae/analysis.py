@@ -513,17 +513,19 @@ def notebook_keys(nbs: Path,  # the notebook folder
         keys[n] = _digest(base, hashlib.sha256((Path(nbs)/f'{n}.ipynb').read_bytes()).hexdigest(), reads)
     return keys
 
+def _outputs(out) -> list: return tree_state(Path(out)/'results', Path(out)/'notebooks')  # what a run folder's notebooks wrote
+
 def up_to_date_keys(out: Path) -> dict:
     "The keys recorded in the run folder `out`, if nothing in its results/ and notebooks/ changed since; else {}."
     try: stamp = json.loads((Path(out)/STAMP).read_text())
     except (OSError, ValueError): return {}  # no record, or a damaged one: nothing is up to date
-    ok = isinstance(stamp, dict) and isinstance(stamp.get('keys'), dict) and stamp.get('outputs') == tree_state(Path(out)/'results', Path(out)/'notebooks')
+    ok = isinstance(stamp, dict) and isinstance(stamp.get('keys'), dict) and stamp.get('outputs') == _outputs(out)
     return stamp['keys'] if ok else {}
 
 def record_keys(out: Path, keys: dict):
     "Record `keys` (notebook → key) in the run folder `out`, with the present state of its results/ and notebooks/."
     tmp = Path(out)/f'{STAMP}.tmp'
-    tmp.write_text(json.dumps(dict(keys=keys, outputs=tree_state(Path(out)/'results', Path(out)/'notebooks'))))
+    tmp.write_text(json.dumps(dict(keys=keys, outputs=_outputs(out))))
     tmp.replace(Path(out)/STAMP)
 
 
