@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_easy_vae_pca.ipynb #45558baf
 from __future__ import annotations
-import atexit, copy, functools, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings, zlib
+import atexit, functools, hashlib, json, os, queue, random, re, shutil, subprocess, sys, tempfile, threading, warnings, zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -26,17 +26,17 @@ __all__ = ['CLUSTERERS', 'CHANCE_METRICS', 'METRICS', 'NULL_COLUMNS', 'PALETTE',
            'ASSIGNMENT_COLUMNS', 'COMPARED_METRICS', 'COMPARISON_COLUMNS', 'MAIN_CLUSTERER', 'EASY_INPUTS',
            'get_device', 'seed_everything', 'seeded', 'as_list', 'limit_threads', 'write_atomic', 'slug', 'ModelOutput',
            'gaussian_kl', 'reparameterize', 'recon_error', 'poe', 'modality_mask', 'modality_weights', 'mlp', 'VAE',
-           'MLPVAE', 'TrainConfig', 'fit_model', 'train_model', 'training_args', 'training_key', 'ModelCache',
-           'as_cache', 'embed', 'model_device', 'reconstruct', 'TrainJob', 'train_parallel', 'active_units',
-           'standardize', 'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity', 'majority_rate',
-           'align_labels', 'resampled_tables', 'permuted_tables', 'nmi_of_tables', 'ami_of_tables', 'ari_of_tables',
-           'acc_of_tables', 'purity_of_tables', 'score_tables', 'chance_levels', 'evaluate', 'summarize_runs',
-           'chance_cell', 'format_pm', 'mean_std', 'linear_probe', 'setup_plotly', 'fit_column', 'project_2d',
-           'latent_map', 'song_hover', 'training_curves', 'curve_panels', 'metric_bars', 'confusion', 'save_figure',
-           'score_clustering', 'cluster_runs', 'check_baselines', 'write_results', 'read_runs', 'read_assignments',
-           'latent_files', 'read_latent', 'holm', 'baseline_pairs', 'resamples_for', 'compare_to_baselines',
-           'comparison_sentences', 'markdown_table', 'comparisons_table', 'describe_data', 'findings_block',
-           'findings_markdown', 'easy_representations', 'EasyRun', 'run_easy']
+           'MLPVAE', 'flat_parameters', 'TrainConfig', 'fit_model', 'train_model', 'training_args', 'training_key',
+           'ModelCache', 'as_cache', 'embed', 'model_device', 'reconstruct', 'TrainJob', 'train_parallel',
+           'active_units', 'standardize', 'VAEEmbedder', 'dbscan_eps', 'cluster', 'hungarian_accuracy', 'purity',
+           'majority_rate', 'align_labels', 'resampled_tables', 'permuted_tables', 'nmi_of_tables', 'ami_of_tables',
+           'ari_of_tables', 'acc_of_tables', 'purity_of_tables', 'score_tables', 'chance_levels', 'evaluate',
+           'summarize_runs', 'chance_cell', 'format_pm', 'mean_std', 'linear_probe', 'setup_plotly', 'fit_column',
+           'project_2d', 'latent_map', 'song_hover', 'training_curves', 'curve_panels', 'metric_bars', 'confusion',
+           'save_figure', 'score_clustering', 'cluster_runs', 'check_baselines', 'write_results', 'read_runs',
+           'read_assignments', 'latent_files', 'read_latent', 'holm', 'baseline_pairs', 'resamples_for',
+           'compare_to_baselines', 'comparison_sentences', 'markdown_table', 'comparisons_table', 'describe_data',
+           'findings_block', 'findings_markdown', 'easy_representations', 'EasyRun', 'run_easy']
 
 # %% ../nbs/02_easy_vae_pca.ipynb #8d43d49f
 def get_device() -> torch.device:
@@ -226,19 +226,34 @@ def _as_tensors(data: dict) -> dict:
     if len(set(ns.values())) != 1: raise ValueError(f"data arrays differ in length: {ns}")
     return out
 
-def _run_epoch(model, tensors, idx, batch_size, device, opt=None, gen=None):
-    "One pass over the rows `idx` (shuffled when training); example-weighted means of loss and logs."
-    if opt is not None: idx = idx[torch.randperm(len(idx), generator=gen)]
+@contextmanager
+def flat_parameters(model: nn.Module):
+    "Inside: the model's trainable parameters are views of one parameter, their gradients views of its `.grad`; on leaving, each has its own storage again (and no gradient)."
+    ps = [p for p in model.parameters() if p.requires_grad]
+    if len({(p.dtype, p.device) for p in ps}) > 1: raise ValueError("flat_parameters: the trainable parameters differ in dtype or device")
+    whole = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in ps]) if ps else torch.zeros(0))
+    whole.grad = torch.zeros_like(whole)
+    start = 0
+    for p in ps:
+        p.data, p.grad = whole.data[start:start + p.numel()].view_as(p), whole.grad[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    try: yield whole
+    finally:
+        for p in ps: p.data, p.grad = p.data.clone(), None
+
+def _run_epoch(model, tensors, idx, batch_size, device, step=None, gen=None):
+    "One pass over the rows `idx`, shuffled and with `step(loss)` after each batch when training; example-weighted means of loss and logs."
+    if step is not None: idx = idx[torch.randperm(len(idx), generator=gen)]
     sums, n = {}, 0
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
         out = model(**{k: v[b].to(device) for k, v in tensors.items()})
-        if opt is not None:
-            opt.zero_grad(); out.loss.backward(); opt.step()
+        if step is not None: step(out.loss)
         for k, v in {'loss': out.loss, **out.logs}.items():
             sums[k] = sums.get(k, 0.) + float(v.detach()) * len(b)
         n += len(b)
     return {k: v / n for k, v in sums.items()}
+
 
 # %% ../nbs/02_easy_vae_pca.ipynb #b1d410a2
 @dataclass(frozen=True)
@@ -262,7 +277,7 @@ def fit_model(model: nn.Module,  # returns a ModelOutput from model(**batch); tr
               device: torch.device,  # where to train
               progress: bool = False,  # show a tqdm bar
              ) -> pd.DataFrame:
-    "The training procedure of `train_model`: Adam with early stopping; the best epoch's weights restored; the loss history."
+    "The training procedure of `train_model`: Adam with early stopping; the best epoch's weights restored; the loss history. A parameter without a gradient in a step gets a zero one (as with `zero_grad(set_to_none=False)`)."
     from tqdm.auto import tqdm
     tensors = _as_tensors(data)
     n = len(next(iter(tensors.values())))
@@ -272,23 +287,25 @@ def fit_model(model: nn.Module,  # returns a ModelOutput from model(**batch); tr
         n_val = int(round(config.val_frac * n)) if config.val_frac > 0 and n >= 4 else 0
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         model.to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)  # all parameters in one op: same numbers, on CPU twice as fast for small MLPs
-        rows, best, best_state, waited = [], np.inf, None, 0
-        bar = tqdm(range(1, config.epochs + 1), desc=type(model).__name__, disable=not progress, leave=False)
-        for epoch in bar:
-            model.train()
-            tr = _run_epoch(model, tensors, train_idx, config.batch_size, device, opt, gen)
-            model.eval()
-            with torch.no_grad(): va = _run_epoch(model, tensors, val_idx, config.batch_size, device) if n_val else {}
-            rows.append({'epoch': epoch, **{f'train_{k}': v for k, v in tr.items()}, **{f'val_{k}': v for k, v in va.items()}})
-            if not np.isfinite(tr['loss']): warnings.warn(f"{type(model).__name__}: training loss is {tr['loss']} at epoch {epoch}: stopped"); break
-            score = va.get('loss', tr['loss'])
-            if score < best:
-                best, waited = score, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else: waited += 1
-            bar.set_postfix(train=f"{tr['loss']:.3g}", val=f"{va.get('loss', float('nan')):.3g}")
-            if waited >= config.patience: break
+        with flat_parameters(model) as whole:  # Adam on one tensor instead of one per parameter: the same numbers, a fraction of the operations
+            opt = torch.optim.Adam([whole], lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+            def step(loss): whole.grad.zero_(); loss.backward(); opt.step()
+            rows, best, best_state, waited = [], np.inf, None, 0
+            bar = tqdm(range(1, config.epochs + 1), desc=type(model).__name__, disable=not progress, leave=False)
+            for epoch in bar:
+                model.train()
+                tr = _run_epoch(model, tensors, train_idx, config.batch_size, device, step, gen)
+                model.eval()
+                with torch.no_grad(): va = _run_epoch(model, tensors, val_idx, config.batch_size, device) if n_val else {}
+                rows.append({'epoch': epoch, **{f'train_{k}': v for k, v in tr.items()}, **{f'val_{k}': v for k, v in va.items()}})
+                if not np.isfinite(tr['loss']): warnings.warn(f"{type(model).__name__}: training loss is {tr['loss']} at epoch {epoch}: stopped"); break
+                score = va.get('loss', tr['loss'])
+                if score < best:
+                    best, waited = score, 0
+                    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                else: waited += 1
+                bar.set_postfix(train=f"{tr['loss']:.3g}", val=f"{va.get('loss', float('nan')):.3g}")
+                if waited >= config.patience: break
     if best_state is not None: model.load_state_dict(best_state)
     model.eval()
     hist = pd.DataFrame(rows)
