@@ -6,8 +6,11 @@ through `mmvae reproduce` by each implementation: first the baseline commit (`--
 worktree), then this checkout. Each runs into its own run folder: cold (empty caches), warm (the same command again)
 and, where the implementation has `--rerun`, warm with every notebook executed again (caches warm, nothing skipped).
 Reported per phase: the wall time, each notebook's time (papermill's duration; "up to date" where it was skipped), the
-slowest cells of the cold run, and peak memory (the summed resident set of the whole process tree, sampled every 0.2 s
-with psutil). The figures of this checkout are given as ratios of the baseline's, measured in the same run on the same data.
+slowest cells of the cold run, peak memory (the summed resident set of the whole process tree, sampled every 0.2 s
+with psutil) and CPU time (user + system of every process of the run, sampled likewise; divided by the wall time, the number of
+cores kept busy on average). The figures of this checkout are given as ratios of the baseline's, measured in the same run on the same data.
+Each phase's `results/summary.csv` and `results/comparisons.csv` are compared with those of the first implementation's
+cold run: the same numbers, or the rows that differ (the numbers a change of speed must leave alone).
 
     python bench/reproduce.py --baseline 0c9396c                 # full profile, 903 × 30 s
     python bench/reproduce.py --baseline HEAD~1 --songs 100 --seconds 10 --profile demo
@@ -15,14 +18,18 @@ with psutil). The figures of this checkout are given as ratios of the baseline's
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class PeakRSS:
-    "Context manager sampling the summed RSS of a process and all its descendants; `.peak` in bytes."
-    def __init__(self, proc, every=0.2): self.proc, self.every, self.peak = psutil.Process(proc.pid), every, 0
+class TreeSampler:
+    "Context manager sampling a process and all its descendants every `every` s: `.peak`, the largest summed RSS (bytes), and `.cpu`, the CPU seconds (user + system) they used."
+    def __init__(self, proc, every=0.2): self.proc, self.every, self.peak, self._cpu = psutil.Process(proc.pid), every, 0, {}
+
+    @property
+    def cpu(self) -> float: return sum(self._cpu.values())  # a process's last moments between two samples are missed
 
     def _sample(self):
         while not self._stop.wait(self.every):
@@ -30,7 +37,11 @@ class PeakRSS:
             except psutil.Error: continue
             total = 0
             for p in procs:
-                try: total += p.memory_info().rss
+                try:
+                    with p.oneshot():
+                        total += p.memory_info().rss
+                        t = p.cpu_times()
+                        self._cpu[(p.pid, p.create_time())] = t.user + t.system
                 except psutil.Error: pass
             self.peak = max(self.peak, total)
 
@@ -53,6 +64,22 @@ def notebook_times(run: Path, log: str, top: int = 3) -> dict:
     return out
 
 
+NUMBERS = ('summary.csv', 'comparisons.csv')  # the study's results, in `results/`
+ROW_LABELS = ['task', 'name', 'baseline', 'clusterer', 'metric']  # the columns that name a row (those of them a table has)
+
+
+def changed_rows(table: pd.DataFrame, reference: pd.DataFrame) -> list:
+    "Labels ('task / name / clusterer ...') of the rows of `table` that differ from `reference`'s, in either; [] when the two are equal."
+    if table.equals(reference): return []
+    key = [c for c in ROW_LABELS if c in table and c in reference]
+    if not key: return ['the whole table']
+    m = table.merge(reference, on=key, how='outer', suffixes=('', ' ref'), indicator=True)
+    cols = [c for c in table if c not in key and f'{c} ref' in m]
+    same = lambda c: (m[c] == m[f'{c} ref']) | (m[c].isna() & m[f'{c} ref'].isna())
+    bad = (m['_merge'] != 'both') | ~pd.concat([same(c) for c in cols], axis=1).all(axis=1)
+    return [' / '.join(map(str, r)) for r in m.loc[bad, key].itertuples(index=False)]
+
+
 def run_phase(checkout: Path, python: str, args, data: Path, out: Path, phase: str, extra=()) -> dict:
     "One `mmvae reproduce` of `checkout` (its package first on the path): wall seconds, peak memory, per-notebook times."
     env = dict(os.environ, PYTHONPATH=str(checkout))
@@ -62,10 +89,33 @@ def run_phase(checkout: Path, python: str, args, data: Path, out: Path, phase: s
     t = time.perf_counter()
     with open(log, 'w') as f:
         proc = subprocess.Popen(cmd, env=env, cwd=checkout, stdout=f, stderr=subprocess.STDOUT)
-        with PeakRSS(proc) as mem: rc = proc.wait()
+        with TreeSampler(proc) as tree: rc = proc.wait()
     seconds = time.perf_counter() - t
     if rc: sys.exit(f"bench: {checkout} failed (exit {rc}); see {log}")
-    return dict(seconds=seconds, peak=mem.peak, notebooks=notebook_times(out, log.read_text(errors='replace')))
+    for f in NUMBERS:  # this phase's results, kept beside its log
+        if (out/'results'/f).is_file(): shutil.copy(out/'results'/f, out.parent/f'{out.name}.{phase}.{f}')
+    return dict(seconds=seconds, cpu=tree.cpu, peak=tree.peak, notebooks=notebook_times(out, log.read_text(errors='replace')))
+
+
+def compare_numbers(work: Path, results: dict, names: list):
+    "Store in `results` the rows of each phase's results that differ from those of the first implementation's cold run."
+    kept = lambda n, phase: work/f"run-{n.replace(' ', '-').replace('/', '_')}.{LOG_NAME[phase]}"
+    for n in names:
+        for phase, r in results[n].items():
+            if (n, phase) == (names[0], 'cold'): continue
+            ref, got = kept(names[0], 'cold'), kept(n, phase)
+            r['changed_rows'] = {f: changed_rows(pd.read_csv(f'{got}.{f}'), pd.read_csv(f'{ref}.{f}'))
+                                 if Path(f'{ref}.{f}').is_file() and Path(f'{got}.{f}').is_file() else ['(file missing)'] for f in NUMBERS}
+
+
+def numbers_report(results: dict, names: list) -> str:
+    lines = [f"\nsame numbers as {names[0]}, cold ({', '.join(NUMBERS)}):"]
+    for n in names:
+        for phase, r in results[n].items():
+            if 'changed_rows' not in r: continue
+            lines.append(f"  {n}, {phase}: " + '; '.join(f"{f} " + ('identical' if not rows else f"{len(rows)} rows differ: {', '.join(rows[:6])}"
+                                                                       + (' ...' if len(rows) > 6 else '')) for f, rows in r['changed_rows'].items()))
+    return '\n'.join(lines)
 
 
 def has_rerun(checkout: Path) -> bool:
@@ -80,6 +130,7 @@ def checkout_of(rev: str, work: Path) -> Path:
 
 
 PHASES = ('cold', 'warm', 'warm, --rerun')
+LOG_NAME = dict(zip(PHASES, ('cold', 'warm', 'rerun')))  # phase → the name of its log and kept results
 
 
 def report(results: dict, names: list) -> str:
@@ -96,6 +147,9 @@ def report(results: dict, names: list) -> str:
         for nb in results[got[0]][phase]['notebooks']:
             row(f"  {nb} (s)", [results[n][phase]['notebooks'].get(nb, (float('nan'), []))[0] for n in got], lambda v: f"{v:.0f}")
         row('peak memory (GB)', [results[n][phase]['peak'] / 1e9 for n in got], lambda v: f"{v:.2f}")
+        if all('cpu' in results[n][phase] for n in got):
+            row('CPU time (s)', [results[n][phase]['cpu'] for n in got], lambda v: f"{v:.0f}")
+            row('cores busy (CPU / wall)', [results[n][phase]['cpu'] / results[n][phase]['seconds'] for n in got], lambda v: f"{v:.2f}")
     if len(names) > 1 and PHASES[2] in results[names[-1]] and PHASES[2] not in results[names[0]]:
         ex = results[names[-1]][PHASES[2]]['seconds'] / results[names[0]]['warm']['seconds']
         lines.append(f"\nevery notebook executed on warm caches: {names[-1]}'s '{PHASES[2]}' / {names[0]}'s 'warm' = {ex:.2f}")
@@ -120,10 +174,14 @@ def markdown(results: dict, names: list) -> str:
     rows = [['whole run', *(dur(results[n][p]['seconds']) for n, p in cols)]]
     rows += [[nb, *(dur(results[n][p]['notebooks'].get(nb, (float('nan'), []))[0]) for n, p in cols)] for nb in results[base]['cold']['notebooks']]
     rows += [['peak memory (process tree)', *(f"{results[n][p]['peak'] / 1e9:.1f} GB" for n, p in cols)]]
+    if all('cpu' in results[n][p] for n, p in cols):
+        rows += [['CPU time (all processes)', *(dur(results[n][p]['cpu']) for n, p in cols)],
+                 ['cores busy (CPU / wall)', *(f"{results[n][p]['cpu'] / results[n][p]['seconds']:.2f}" for n, p in cols)]]
     if len(names) > 1:
         ratios = [results[new]['cold']['seconds'] / results[base]['cold']['seconds']]
         ratios += [results[new]['cold']['notebooks'][nb][0] / results[base]['cold']['notebooks'][nb][0] for nb in results[base]['cold']['notebooks']]
         ratios += [results[new]['cold']['peak'] / results[base]['cold']['peak']]
+        if all('cpu' in results[n][p] for n, p in cols): ratios += [results[new]['cold']['cpu'] / results[base]['cold']['cpu']]
         for r, q in zip(rows, ratios): r.append(f"{q:.2f}")
     return '\n'.join('| ' + ' | '.join(r) + ' |' for r in [head, ['---'] * len(head), *rows])
 
@@ -140,7 +198,8 @@ def main():
     args = a.parse_args()
     if args.from_json:
         d = json.loads(Path(args.from_json).read_text())
-        print(report(d['results'], list(d['results'])), '\n', markdown(d['results'], list(d['results'])), sep='\n')
+        print(report(d['results'], list(d['results'])), numbers_report(d['results'], list(d['results'])), '\n',
+              markdown(d['results'], list(d['results'])), sep='\n')
         return
     work = Path(args.work or tempfile.mkdtemp(prefix='mmvae-bench-')).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -154,13 +213,15 @@ def main():
     for name, checkout in impls:
         out = work/('run-' + name.replace(' ', '-').replace('/', '_'))
         shutil.rmtree(out, ignore_errors=True)
-        results[name] = {phase: run_phase(checkout, sys.executable, args, data, out, phase.split(',')[0]) for phase in PHASES[:2]}
-        if has_rerun(checkout): results[name][PHASES[2]] = run_phase(checkout, sys.executable, args, data, out, 'rerun', ['--rerun'])
+        results[name] = {phase: run_phase(checkout, sys.executable, args, data, out, LOG_NAME[phase]) for phase in PHASES[:2]}
+        if has_rerun(checkout): results[name][PHASES[2]] = run_phase(checkout, sys.executable, args, data, out, LOG_NAME[PHASES[2]], ['--rerun'])
         print(f"{name}: cold {results[name]['cold']['seconds']:.0f} s, warm {results[name]['warm']['seconds']:.0f} s", flush=True)
     names = [n for n, _ in impls]
     print(f"\ndataset: {args.songs} songs × {args.seconds:g} s generated in {gen:.0f} s; profile {args.profile}; "
           f"{os.cpu_count()} cores; ratio = this checkout / baseline")
     print(report(results, names))
+    compare_numbers(work, results, names)
+    print(numbers_report(results, names))
     print('\n' + markdown(results, names))
     if args.json: Path(args.json).write_text(json.dumps(dict(songs=args.songs, seconds=args.seconds, profile=args.profile,
                                                              cores=os.cpu_count(), results=results), indent=1))
