@@ -254,7 +254,6 @@ def _run_epoch(model, tensors, idx, batch_size, device, step=None, gen=None):
         n += len(b)
     return {k: v / n for k, v in sums.items()}
 
-
 # %% ../nbs/02_easy_vae_pca.ipynb #b1d410a2
 @dataclass(frozen=True)
 class TrainConfig:
