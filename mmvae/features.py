@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from joblib.executor import get_memmapping_executor
+import cloudpickle  # comes with joblib
 from joblib.externals.loky.process_executor import BrokenProcessPool
 from tqdm.auto import tqdm
 import mmvae
@@ -841,16 +842,24 @@ def _alone(task: tuple, config: FeatureConfig, timeout: float) -> tuple:
         _stop(ex)
         return _lost(task, f"extraction did not finish within {timeout:g} s (its worker was stopped)")
 
+def _call_pickled(payload: bytes, *args):
+    "Call the function pickled in `payload`, unpickled once per worker process."
+    # A function defined in a notebook travels by value: pickled for each task, it cost ~0.1 s of the caller's time per task.
+    calls = vars(mmvae).setdefault('_pickled_calls', {})  # on the package: shared by every copy of this function
+    if payload not in calls: calls[payload] = cloudpickle.loads(payload)
+    return calls[payload](*args)
+
 def _in_processes(tasks: list, config: FeatureConfig, n_jobs: int, timeout: float):
     "Run the tasks in loky worker processes; the tasks in flight when a worker dies or all stall are rerun one by one."
     todo, ex, finished = list(reversed(tasks)), None, False
+    run = cloudpickle.dumps(_run_task_one_thread)  # once, not once per task
     try:
         while todo:
             ex = process_pool(n_jobs)
             running, suspects = {}, []
             while (todo or running) and not suspects:
                 while todo and len(running) < 2 * n_jobs:
-                    t = todo.pop(); running[ex.submit(_run_task_one_thread, t, config)] = t
+                    t = todo.pop(); running[ex.submit(_call_pickled, run, t, config)] = t
                 done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
                 if not done: break  # nothing finished within `timeout`: every task in flight is a suspect
                 for f in done:
