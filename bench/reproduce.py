@@ -183,6 +183,7 @@ def markdown(results: dict, names: list) -> str:
         ratios += [results[new]['cold']['peak'] / results[base]['cold']['peak']]
         if all('cpu' in results[n][p] for n, p in cols): ratios += [results[new]['cold']['cpu'] / results[base]['cold']['cpu']]
         for r, q in zip(rows, ratios): r.append(f"{q:.2f}")
+        for r in rows[len(ratios):]: r.append('')
     return '\n'.join('| ' + ' | '.join(r) + ' |' for r in [head, ['---'] * len(head), *rows])
 
 
