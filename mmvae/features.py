@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from joblib.executor import get_memmapping_executor
-import cloudpickle  # comes with joblib
+import cloudpickle
 from joblib.externals.loky.process_executor import BrokenProcessPool
 from tqdm.auto import tqdm
 import mmvae
