@@ -10,7 +10,8 @@ slowest cells of the cold run, peak memory (the summed resident set of the whole
 with psutil) and CPU time (user + system of every process of the run, sampled likewise; divided by the wall time, the number of
 cores kept busy on average). The figures of this checkout are given as ratios of the baseline's, measured in the same run on the same data.
 Each phase's `results/summary.csv` and `results/comparisons.csv` are compared with those of the first implementation's
-cold run: the same numbers, or the rows that differ (the numbers a change of speed must leave alone).
+cold run and with those of the same implementation's cold run: the same numbers, or the rows that differ (the numbers a
+change of speed must leave alone; two runs of one implementation must agree).
 
     python bench/reproduce.py --baseline 0c9396c                 # full profile, 903 × 30 s
     python bench/reproduce.py --baseline HEAD~1 --songs 100 --seconds 10 --profile demo
@@ -98,23 +99,24 @@ def run_phase(checkout: Path, python: str, args, data: Path, out: Path, phase: s
 
 
 def compare_numbers(work: Path, results: dict, names: list):
-    "Store in `results` the rows of each phase's results that differ from those of the first implementation's cold run."
+    "Store in `results` the rows of each phase's results that differ from the first implementation's cold run (`changed_rows`) and from the same implementation's cold run (`changed_rows_own`)."
     kept = lambda n, phase: work/f"run-{n.replace(' ', '-').replace('/', '_')}.{LOG_NAME[phase]}"
+    def rows(got, ref):
+        return {f: changed_rows(pd.read_csv(f'{got}.{f}'), pd.read_csv(f'{ref}.{f}'))
+                if Path(f'{ref}.{f}').is_file() and Path(f'{got}.{f}').is_file() else ['(file missing)'] for f in NUMBERS}
     for n in names:
         for phase, r in results[n].items():
-            if (n, phase) == (names[0], 'cold'): continue
-            ref, got = kept(names[0], 'cold'), kept(n, phase)
-            r['changed_rows'] = {f: changed_rows(pd.read_csv(f'{got}.{f}'), pd.read_csv(f'{ref}.{f}'))
-                                 if Path(f'{ref}.{f}').is_file() and Path(f'{got}.{f}').is_file() else ['(file missing)'] for f in NUMBERS}
+            if (n, phase) != (names[0], 'cold'): r['changed_rows'] = rows(kept(n, phase), kept(names[0], 'cold'))
+            if phase != 'cold': r['changed_rows_own'] = rows(kept(n, phase), kept(n, 'cold'))
 
 
 def numbers_report(results: dict, names: list) -> str:
-    lines = [f"\nsame numbers as {names[0]}, cold ({', '.join(NUMBERS)}):"]
-    for n in names:
-        for phase, r in results[n].items():
-            if 'changed_rows' not in r: continue
-            lines.append(f"  {n}, {phase}: " + '; '.join(f"{f} " + ('identical' if not rows else f"{len(rows)} rows differ: {', '.join(rows[:6])}"
-                                                                       + (' ...' if len(rows) > 6 else '')) for f, rows in r['changed_rows'].items()))
+    say = lambda changed: '; '.join(f"{f} " + ('identical' if not rows else f"{len(rows)} rows differ: {', '.join(rows[:6])}"
+                                               + (' ...' if len(rows) > 6 else '')) for f, rows in changed.items())
+    lines = []
+    for key, title in (('changed_rows', f"same numbers as {names[0]}, cold"), ('changed_rows_own', "same numbers as the same implementation's cold run")):
+        got = [(n, phase, r[key]) for n in names for phase, r in results[n].items() if key in r]
+        if got: lines += [f"\n{title} ({', '.join(NUMBERS)}):"] + [f"  {n}, {phase}: {say(c)}" for n, phase, c in got]
     return '\n'.join(lines)
 
 
