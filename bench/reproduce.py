@@ -98,9 +98,14 @@ def run_phase(checkout: Path, python: str, args, data: Path, out: Path, phase: s
     return dict(seconds=seconds, cpu=tree.cpu, peak=tree.peak, notebooks=notebook_times(out, log.read_text(errors='replace')))
 
 
+def run_folder(work: Path, name: str) -> Path:
+    "The run folder of the implementation `name` in `work`."
+    return work/('run-' + name.replace(' ', '-').replace('/', '_'))
+
+
 def compare_numbers(work: Path, results: dict, names: list):
     "Store in `results` the rows of each phase's results that differ from the first implementation's cold run (`changed_rows`) and from the same implementation's cold run (`changed_rows_own`)."
-    kept = lambda n, phase: work/f"run-{n.replace(' ', '-').replace('/', '_')}.{LOG_NAME[phase]}"
+    kept = lambda n, phase: f"{run_folder(work, n)}.{LOG_NAME[phase]}"  # as `run_phase` keeps them
     def rows(got, ref):
         return {f: changed_rows(pd.read_csv(f'{got}.{f}'), pd.read_csv(f'{ref}.{f}'))
                 if Path(f'{ref}.{f}').is_file() and Path(f'{got}.{f}').is_file() else ['(file missing)'] for f in NUMBERS}
@@ -214,7 +219,7 @@ def main():
     impls = ([(f'baseline {args.baseline}', checkout_of(args.baseline, work))] if args.baseline else []) + [('this checkout', REPO)]
     results = {}
     for name, checkout in impls:
-        out = work/('run-' + name.replace(' ', '-').replace('/', '_'))
+        out = run_folder(work, name)
         shutil.rmtree(out, ignore_errors=True)
         results[name] = {phase: run_phase(checkout, sys.executable, args, data, out, LOG_NAME[phase]) for phase in PHASES[:2]}
         if has_rerun(checkout): results[name][PHASES[2]] = run_phase(checkout, sys.executable, args, data, out, LOG_NAME[PHASES[2]], ['--rerun'])
